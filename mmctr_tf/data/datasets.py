@@ -1,0 +1,70 @@
+"""Resolves `--dataset` / `--data_dir` to a converted dataset directory and builds its tf.data splits."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from mmctr_tf.data import schema as schema_lib
+from mmctr_tf.data import tables as tables_lib
+from mmctr_tf.data.schema import SchemaError
+from mmctr_tf.data.tfrecord import make_dataset
+
+NAMED = ("synthetic", "synthetic_industrial", "electro", "books", "clothing", "home", "arts", "movielens")
+
+
+def dataset_dir(dataset: str, data_dir: str = "tfrecords") -> str:
+    """A name resolves to `<data_dir>/<name>`; anything containing a path separator is used as a path."""
+    if os.sep in dataset or dataset.startswith("."):
+        return dataset
+    return os.path.join(data_dir, dataset)
+
+
+def ensure_dataset(dataset: str, data_dir: str = "tfrecords", log=print) -> str:
+    """Returns the directory of a converted dataset, generating the synthetic defaults on first use."""
+    path = dataset_dir(dataset, data_dir)
+    if os.path.exists(os.path.join(path, schema_lib.MANIFEST)):
+        return path
+    if dataset in ("synthetic", "synthetic_industrial"):
+        from mmctr_tf.data import synthetic
+
+        variant = "industrial" if dataset.endswith("industrial") else "default"
+        log(f"[data] generating '{dataset}' into {path} (first use)")
+        synthetic.build(path, synthetic.SyntheticConfig(variant=variant), log=log)
+        return path
+    raise SchemaError(
+        f"dataset '{dataset}': no converted data at {path}/{schema_lib.MANIFEST}. Convert the raw files first:\n"
+        f"  python -m run.make_data --dataset={dataset} --raw_dir=<folder with the raw files> --out_dir={path}\n"
+        f"(see README, 'Real datasets', for which raw files each dataset needs)")
+
+
+class Dataset:
+    """A converted dataset: manifest, schema, vector tables and per-split tf.data pipelines."""
+
+    def __init__(self, path: str, mmap_tables: bool = False):
+        self.path = path
+        self.manifest = schema_lib.read_manifest(path)
+        self.schema: schema_lib.Schema = self.manifest["schema_obj"]
+        self.compression = self.manifest.get("compression") or None
+        self._tables = None
+        self._mmap = mmap_tables
+
+    @property
+    def tables(self):
+        if self._tables is None:
+            self._tables = tables_lib.load_tables(self.path, self.manifest, mmap=self._mmap)
+        return self._tables
+
+    def files(self, split: str):
+        if split not in self.manifest["splits"]:
+            raise SchemaError(f"{self.path}/manifest.json: no split '{split}' (has {sorted(self.manifest['splits'])})")
+        return [os.path.join(self.path, f) for f in self.manifest["splits"][split]["files"]]
+
+    def examples(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["examples"])
+
+    def tf_dataset(self, split: str, batch_size: int, *, shuffle: bool = False, seed: Optional[int] = None,
+                   repeat: bool = False, drop_remainder: bool = False, with_label: bool = True, files=None):
+        return make_dataset(files if files is not None else self.files(split), self.schema, batch_size,
+                            compression=self.compression, shuffle=shuffle, seed=seed, repeat=repeat,
+                            drop_remainder=drop_remainder, with_label=with_label)

@@ -1,0 +1,145 @@
+"""Building blocks shared by every model: MLP, Dice, the frozen vector table, masking helpers."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+PACKAGE = "mmctr_tf"
+
+
+def serializable(cls):
+    """Registers a layer/model under the `mmctr_tf` package so saved models reload by name."""
+    return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+
+
+def sequence_mask(hist_len, seq_len: int):
+    """[B, L] bool: slot j is a real behaviour iff j < hist_len (right padding, SPEC §1)."""
+    return tf.sequence_mask(tf.cast(hist_len, tf.int32), seq_len)
+
+
+def masked_mean(x, mask, axis: int = 1):
+    """Mean of x [B, L, d] over valid slots; 0 (not NaN) when no slot is valid."""
+    m = tf.cast(mask, x.dtype)[..., None]
+    total = tf.reduce_sum(x * m, axis=axis)
+    count = tf.reduce_sum(m, axis=axis)
+    return total / tf.maximum(count, 1.0)
+
+
+def safe_cosine(a, b, axis: int = -1, eps: float = 1e-8):
+    """Cosine similarity that is 0 (not NaN) when either vector is zero (missing modality)."""
+    dot = tf.reduce_sum(a * b, axis=axis)
+    na = tf.sqrt(tf.reduce_sum(a * a, axis=axis))
+    nb = tf.sqrt(tf.reduce_sum(b * b, axis=axis))
+    return dot / tf.maximum(na * nb, eps)
+
+
+@serializable
+class Dice(keras.layers.Layer):
+    """Dice activation (DIN paper): p = sigmoid(BN(x)) without centre/scale, out = p x + (1 - p) alpha x,
+    per-channel alpha initialised to 0 (SPEC §6)."""
+
+    def __init__(self, epsilon: float = 1e-8, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.bn = keras.layers.BatchNormalization(center=False, scale=False, epsilon=epsilon)
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="alpha")
+        self.bn.build(input_shape)
+
+    def call(self, x, training=None):
+        p = tf.sigmoid(self.bn(x, training=training))
+        return p * x + (1.0 - p) * self.alpha * x
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def make_activation(name: str):
+    if name == "dice":
+        return Dice()
+    if name == "prelu":
+        return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25))
+    return keras.layers.Activation(name)
+
+
+@serializable
+class MLP(keras.layers.Layer):
+    """Stack of Dense layers with an activation (relu | dice | prelu | ...) and optional dropout.
+
+    `output_units` adds a final linear layer (e.g. 1 for a logit)."""
+
+    def __init__(self, units=(200, 80), activation: str = "relu", dropout: float = 0.0,
+                 output_units: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.units = tuple(int(u) for u in units)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.output_units = int(output_units)
+        self.dense = [keras.layers.Dense(u) for u in self.units]
+        self.acts = [make_activation(activation) for _ in self.units]
+        self.drops = [keras.layers.Dropout(self.dropout) for _ in self.units] if self.dropout > 0 else []
+        self.out = keras.layers.Dense(self.output_units) if self.output_units else None
+
+    def call(self, x, training=None):
+        for i, dense in enumerate(self.dense):
+            x = self.acts[i](dense(x), training=training) if self.activation == "dice" else self.acts[i](dense(x))
+            if self.drops:
+                x = self.drops[i](x, training=training)
+        return self.out(x) if self.out is not None else x
+
+    def get_config(self):
+        return {**super().get_config(), "units": list(self.units), "activation": self.activation,
+                "dropout": self.dropout, "output_units": self.output_units}
+
+
+@serializable
+class FrozenVectorTable(keras.layers.Layer):
+    """Item-indexed frozen modality vectors stored inside the model (non-trainable weights), so an exported
+    SavedModel carries them and a request needs only ids (SPEC §1).
+
+    storage: float32 | float16 | int8 (int8 with a per-row float32 scale, dequantised on lookup).
+    Returns `(vectors float32 [..., dim], present float32 [...])`; ids outside [0, rows) map to row 0 (zeros, not
+    present).
+    """
+
+    def __init__(self, rows: int, dim: int, storage: str = "float32", **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.dim, self.storage = int(rows), int(dim), storage
+        if storage not in ("float32", "float16", "int8"):
+            raise ValueError(f"FrozenVectorTable: unknown storage '{storage}'")
+        self.trainable = False
+
+    def build(self, input_shape=None):
+        self.values = self.add_weight(shape=(self.rows, self.dim), dtype=self.storage, initializer="zeros",
+                                      trainable=False, name="values")
+        self.scale = (self.add_weight(shape=(self.rows,), initializer="ones", trainable=False, name="scale")
+                      if self.storage == "int8" else None)
+        self.present = self.add_weight(shape=(self.rows,), initializer="zeros", trainable=False, name="present")
+
+    def set_table(self, table) -> None:
+        """Loads a `mmctr_tf.data.tables.VectorTable` (converted to this layer's storage if needed)."""
+        from mmctr_tf.data.tables import quantize
+
+        if not self.built:
+            self.build()
+        if table.rows != self.rows or table.dim != self.dim:
+            raise ValueError(f"{self.name}: table is {table.rows}x{table.dim}, layer expects {self.rows}x{self.dim}")
+        if table.dtype != self.storage:
+            table = quantize(table.dequantize(), table.present, self.storage)
+        self.values.assign(np.asarray(table.values))
+        if self.scale is not None:
+            self.scale.assign(np.asarray(table.scale, np.float32))
+        self.present.assign(np.asarray(table.present, np.float32))
+
+    def call(self, ids):
+        ids = tf.where((ids < 0) | (ids >= self.rows), tf.zeros_like(ids), ids)
+        v = tf.cast(tf.gather(self.values, ids), tf.float32)
+        if self.scale is not None:
+            v = v * tf.gather(self.scale, ids)[..., None]
+        return v, tf.gather(self.present, ids)
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim, "storage": self.storage}
