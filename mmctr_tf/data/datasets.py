@@ -28,14 +28,18 @@ def ensure_dataset(dataset: str, data_dir: str = "tfrecords", log=print) -> str:
     if dataset in ("synthetic", "synthetic_industrial"):
         from mmctr_tf.data import synthetic
 
-        variant = "industrial" if dataset.endswith("industrial") else "default"
         log(f"[data] generating '{dataset}' into {path} (first use)")
-        synthetic.build(path, synthetic.SyntheticConfig(variant=variant), log=log)
+        synthetic.build(path, synthetic.config_for(dataset), log=log)
         return path
-    raise SchemaError(
-        f"dataset '{dataset}': no converted data at {path}/{schema_lib.MANIFEST}. Convert the raw files first:\n"
-        f"  python -m run.make_data --dataset={dataset} --raw_dir=<folder with the raw files> --out_dir={path}\n"
-        f"(see README, 'Real datasets', for which raw files each dataset needs)")
+    try:
+        from mmctr_tf.data.converters import missing_data_message
+
+        message = missing_data_message(dataset, data_dir)
+    except Exception:  # noqa: BLE001 - never let the hint hide the real error
+        message = (f"dataset '{dataset}': no converted data at {path}/{schema_lib.MANIFEST}. Convert the raw files "
+                   f"first:\n  python -m run.make_data --dataset={dataset} --raw_dir=<folder with the raw files> "
+                   f"--out_dir={path}\n(see docs/datasets.md for which raw files each dataset needs)")
+    raise SchemaError(message)
 
 
 class Dataset:
@@ -67,4 +71,5 @@ class Dataset:
                    repeat: bool = False, drop_remainder: bool = False, with_label: bool = True, files=None):
         return make_dataset(files if files is not None else self.files(split), self.schema, batch_size,
                             compression=self.compression, shuffle=shuffle, seed=seed, repeat=repeat,
-                            drop_remainder=drop_remainder, with_label=with_label)
+                            drop_remainder=drop_remainder, with_label=with_label,
+                            num_examples=self.examples(split) if files is None else None)

@@ -6,12 +6,13 @@ Generative story (all seeded):
   * Frozen vectors are noisy projections with a common part (z, seen by both modalities) and a modality-specific
     part: text = A_t onehot(t) + C_t z + noise, image = A_m onehot(m) + C_m z + noise. The attributes are NOT
     given as ids: only the vectors reveal them. A small fraction of items has no image vector (missing flag).
-  * Users prefer two categories, one text attribute t_u and one image attribute m_u.
+  * Users prefer two categories (drawn like item categories), one text attribute t_u and one image attribute m_u.
   * Click probability: sigmoid(b0 + a_u + b_i + bc [c_i in C_u] + bt [t_i = t_u] + bm [m_i = m_u]
     + bs [t_i = t_u AND m_i = m_u]); the last term is the text-AND-image *synergy* ("waterproof and green").
   * A user's history = the items they clicked, drawn from the same click model over popularity-weighted exposures,
     so the history reveals the preferences; impressions (target, label ~ Bernoulli(p)) happen at increasing
-    points of that history. hist_len 0 (cold start) occurs.
+    points of that history, after the first `min_hist` behaviours, except a `cold_start_rate` share with an empty
+    history (hist_len 0).
 
 Because the generator knows every true click probability, it reports the Bayes-optimal AUC of each split: AUC of
 the true probabilities against the sampled labels, the ceiling any model can reach on that split.
@@ -56,6 +57,7 @@ class SyntheticConfig:
     items_per_request: int = 4  # industrial only
     num_days: int = 8  # industrial only
     missing_image_rate: float = 0.02
+    cold_start_rate: float = 0.02
     vector_noise: float = 0.6
     # click model
     b0: float = -2.6
@@ -70,6 +72,14 @@ class SyntheticConfig:
     num_shards: int = 4
     compression: str = "GZIP"
     seed: int = 0
+
+
+def config_for(dataset: str, **overrides) -> SyntheticConfig:
+    """Generator settings of the named synthetic datasets: `synthetic` (default variant, L = 50) and
+    `synthetic_industrial` (requests, days, L = 64 as in the DMAE industrial setup)."""
+    if dataset == "synthetic_industrial":
+        overrides = {"variant": "industrial", "seq_len": 64, **overrides}
+    return dataclasses.replace(SyntheticConfig(), **overrides)
 
 
 def _click_logit(cfg: SyntheticConfig, w: Dict[str, np.ndarray], users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -102,7 +112,7 @@ def generate(cfg: SyntheticConfig):
         "item_text": np.concatenate([[-1], rng.integers(0, cfg.text_attrs, I)]),
         "item_image": np.concatenate([[-1], rng.integers(0, cfg.image_attrs, I)]),
         "item_bias": np.concatenate([[0.0], rng.normal(0, cfg.item_bias_std, I)]),
-        "user_cates": rng.integers(1, cfg.num_cates + 1, size=(U, 2)),
+        "user_cates": rng.choice(cfg.num_cates, size=(U, 2), p=cate_w / cate_w.sum()) + 1,
         "user_text": rng.integers(0, cfg.text_attrs, U),
         "user_image": rng.integers(0, cfg.image_attrs, U),
         "user_bias": rng.normal(0, cfg.user_bias_std, U),
@@ -144,8 +154,10 @@ def generate(cfg: SyntheticConfig):
     n_req = max(1, E // per_request)
     req_user = np.repeat(np.arange(U), n_req)
     frac = np.sort(rng.random((U, n_req)), axis=1).reshape(-1)
-    tau = np.floor(frac * (hist_n[req_user] + 1)).astype(np.int64)
-    tau = np.minimum(tau, hist_n[req_user])
+    n_u = hist_n[req_user]
+    lo = np.minimum(cfg.min_hist, n_u)  # impressions start once the user has a few behaviours ...
+    tau = np.minimum(lo + np.floor(frac * (n_u - lo + 1)).astype(np.int64), n_u)
+    tau[rng.random(len(tau)) < cfg.cold_start_rate] = 0  # ... except some cold-start requests (hist_len 0)
     exp_p = pop ** 0.6
     exp_p[0] = 0
     exp_p /= exp_p.sum()

@@ -135,11 +135,12 @@ class ShardedWriter:
 def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compression: Optional[str] = None,
                  shuffle: bool = False, seed: Optional[int] = None, repeat: bool = False,
                  drop_remainder: bool = False, shuffle_buffer: int = 20_000, with_label: bool = True,
-                 cycle_length: int = 4):
+                 cycle_length: int = 4, num_examples: Optional[int] = None):
     """tf.data pipeline over TFRecord shards: interleave files in parallel, shuffle, batch, parse the batch, prefetch.
 
     Yields `(features, label)` (or `features` if `with_label=False`), features being a dict of int64 tensors
-    named as in the schema. With `seed` set the order is deterministic.
+    named as in the schema. With `seed` set the order is deterministic. `num_examples` (from the manifest) makes
+    the number of batches known to Keras and is checked against the files while reading.
     """
     import tensorflow as tf
 
@@ -165,6 +166,9 @@ def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compr
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if num_examples is not None and not repeat:
+        n = num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n))
 
     def parse(serialized):
         feats = tf.io.parse_example(serialized, spec)

@@ -6,8 +6,9 @@ import inspect
 
 from mmctr_tf.models.base import CTRModel, dummy_batch
 from mmctr_tf.models.din import DIN, MMConcat
+from mmctr_tf.models.dmae import DMAE
 
-MODELS = {"din": DIN, "mm_concat": MMConcat}
+MODELS = {"din": DIN, "mm_concat": MMConcat, "dmae": DMAE}
 
 
 def model_class(name: str):

@@ -61,10 +61,12 @@ class CTRModel(keras.Model):
 
     uses_modalities = False
 
-    def __init__(self, schema, emb_dim: int = 16, table_storage: str = "float32", modalities=None, **kwargs):
+    def __init__(self, schema, emb_dim: int = 16, table_storage: str = "float32", modalities=None,
+                 emb_l2: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
         self.emb_dim = int(emb_dim)
+        self.emb_l2 = float(emb_l2)
         self.table_storage = table_storage
         known = list(self.schema.modalities)
         self.modalities = list(known if modalities is None else modalities) if self.uses_modalities else []
@@ -96,12 +98,19 @@ class CTRModel(keras.Model):
         hist = tf.concat([self.embeddings[n[5:]](x[n]) for n in self.schema.hist_features], axis=-1)
         mask = sequence_mask(x["hist_len"], L)
         hist = hist * tf.cast(mask, hist.dtype)[..., None]
+        user = self.embeddings["user_id"](x["user_id"])
+        if training and self.emb_l2 > 0:
+            # DIN's mini-batch aware regularisation: L2 on the embedding rows used by this batch only, so frequent
+            # ids are penalised in proportion to how often they occur (no full-table decay per step).
+            sq = (tf.reduce_sum(tf.square(user), -1) + tf.reduce_sum(tf.square(target), -1)
+                  + tf.reduce_sum(tf.square(hist), [-2, -1]))
+            self.add_loss(self.emb_l2 * tf.reduce_mean(sq))
         vec = {}
         for m, table in self.tables.items():
             tv, tp = table(x["item_id"])
             hv, hp = table(x["hist_item_id"])
             vec[m] = (tv, hv, tp, hp * tf.cast(mask, hp.dtype))
-        return {"user": self.embeddings["user_id"](x["user_id"]), "target": target, "hist": hist, "mask": mask,
+        return {"user": user, "target": target, "hist": hist, "mask": mask,
                 "hist_len": tf.cast(x["hist_len"], tf.int32), "vec": vec, "ids": x}
 
     # -------------------------------------------------------------------------------------------- model
@@ -113,7 +122,7 @@ class CTRModel(keras.Model):
         return tf.sigmoid(logit)
 
     def get_config(self):
-        return {**super().get_config(), "schema": self.schema.to_dict(), "emb_dim": self.emb_dim,
+        return {**super().get_config(), "schema": self.schema.to_dict(), "emb_dim": self.emb_dim, "emb_l2": self.emb_l2,
                 "table_storage": self.table_storage,
                 "modalities": self.modalities if self.uses_modalities else None}
 

@@ -1,0 +1,344 @@
+"""Generic converter: an interaction log (CSV, or parquet with pyarrow) + an items file + per-item `.npy` vectors.
+
+Layout in `--raw_dir` (`<prefix>` is empty or e.g. `Beauty.`; every name can be overridden by a flag):
+  <prefix>interactions.csv[.gz] | .parquet   one positive behaviour per row: user, item, order/time column
+  <prefix>items.csv[.gz] | .parquet          optional: item id, category, text, `row` (vector row of the item)
+  <prefix><modality>_vectors.npy             optional: float [rows, d]; row r = the item whose `row` is r in the
+                                             items file (line order when there is no `row` column)
+
+Columns are found by name (first match), or given with --user_col / --item_col / --time_col / --category_col /
+--text_col:
+  user: user_id, userId, user, reviewerID, uid          item: item_id, itemId, movieId, item, asin, iid
+  time: seq_pos, timestamp, ts, time, unixReviewTime (numeric; without one, file order is the time order)
+  category: cate_id, category, categories, attribute_ids, genres, cate   text: text, title, name
+The category value is the first token of `attribute_ids` (space separated) or `genres` (`|` separated), the whole
+value otherwise (or `--category_split` to set the separator); `--category_regex` (one group; its last match) extracts
+it from the category column, or from the text column when there is no category column.
+
+Every row is a positive behaviour; examples follow the DIN protocol (`ProtocolConfig`, split="din").
+
+Presets (`--dataset=NAME`) for the real data in shared/data:
+  scientific   amazon-scientific/: interactions.csv + items.csv (text "title. category path. brand.") +
+               text_vectors.npy + image_vectors.npy; category = the category path after its constant first level
+               "Industrial & Scientific" (regex on the text); modalities text and image.
+  beauty, sports, toys   amazon-s3rec/: <Set>.interactions.csv + <Set>.items.csv; category = first attribute id;
+               no vectors (no modalities).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import os
+import re
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from mmctr_tf.data.converters.common import (ConversionError, EventLog, ItemInfo, LineErrors, ProtocolConfig,
+                                             RawFilesMissing, WriteConfig, build_dataset, open_text)
+from mmctr_tf.data.converters.vectors import VectorSource
+
+USER_COLS = ("user_id", "userId", "user", "reviewerID", "uid")
+ITEM_COLS = ("item_id", "itemId", "movieId", "item", "asin", "iid")
+TIME_COLS = ("seq_pos", "timestamp", "ts", "time", "unixReviewTime")
+CATE_COLS = ("cate_id", "category", "categories", "attribute_ids", "genres", "cate")
+TEXT_COLS = ("text", "title", "name")
+
+PRESETS = {
+    "scientific": {"prefix": "", "category_regex": r"Industrial & Scientific ([^.]+)\.",
+                   "about": "amazon-scientific (shared/data): text + image CLIP vectors"},
+    "beauty": {"prefix": "Beauty.", "about": "amazon-s3rec Beauty (shared/data)"},
+    "sports": {"prefix": "Sports_and_Outdoors.", "about": "amazon-s3rec Sports_and_Outdoors (shared/data)"},
+    "toys": {"prefix": "Toys_and_Games.", "about": "amazon-s3rec Toys_and_Games (shared/data)"},
+}
+
+
+@dataclasses.dataclass
+class GenericOptions:
+    interactions: Optional[str] = None
+    items: Optional[str] = None
+    prefix: Optional[str] = None
+    user_col: Optional[str] = None
+    item_col: Optional[str] = None
+    time_col: Optional[str] = None
+    category_col: Optional[str] = None
+    category_split: Optional[str] = None
+    category_regex: Optional[str] = None
+    text_col: Optional[str] = None
+    auto_vectors: bool = True
+
+
+class ParquetUnavailable(ConversionError):
+    pass
+
+
+def iter_rows(path: str, errors: LineErrors) -> Iterator[Tuple[int, List[str]]]:
+    """(line number, fields) of a CSV (header first, as line 1) or parquet file (header = column names)."""
+    if path.endswith(".parquet") or path.endswith(".pq"):
+        try:
+            import pyarrow.parquet as pq  # noqa: F401
+        except ImportError:
+            raise ParquetUnavailable(f"{path}: reading parquet needs pyarrow, which is not installed "
+                                     f"(pip install pyarrow), or save the table as CSV") from None
+        pf = pq.ParquetFile(path)
+        names = list(pf.schema_arrow.names)
+        yield 1, names
+        lineno = 1
+        for batch in pf.iter_batches(batch_size=65536):
+            cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            for row in zip(*cols):
+                lineno += 1
+                errors.lines = lineno
+                yield lineno, ["" if v is None else (str(int(v)) if isinstance(v, float) and v.is_integer()
+                                                      else str(v)) for v in row]
+        return
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        lineno = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                lineno += 1
+                errors.lines = lineno
+                errors.add(lineno, f"CSV error: {e}")
+                continue
+            lineno = reader.line_num
+            errors.lines = lineno
+            yield lineno, row
+
+
+def _pick(header: List[str], given: Optional[str], candidates, what: str, path: str, required: bool = True):
+    if given:
+        if given not in header:
+            raise ConversionError(f"{path}: no column '{given}' ({what}); columns are {header}")
+        return header.index(given)
+    for c in candidates:
+        if c in header:
+            return header.index(c)
+    if required:
+        raise ConversionError(f"{path}: no {what} column (looked for {', '.join(candidates)}; columns are {header}); "
+                              f"name it with --{what}_col")
+    return None
+
+
+def _find(raw_dir: str, stem: str) -> Optional[str]:
+    for ext in (".csv", ".csv.gz", ".parquet", ".pq"):
+        p = os.path.join(raw_dir, stem + ext)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def resolve_files(dataset: str, raw_dir: Optional[str], opts: GenericOptions) -> Dict[str, Optional[str]]:
+    preset = PRESETS.get(dataset, {})
+    prefix = opts.prefix if opts.prefix is not None else preset.get("prefix")
+    found = {"interactions": opts.interactions, "items": opts.items, "prefix": prefix}
+    if raw_dir and os.path.isdir(raw_dir):
+        if prefix is None:
+            # `<dataset>.interactions.csv` (case-insensitive), else plain interactions.csv
+            prefix = ""
+            for p in sorted(glob.glob(os.path.join(raw_dir, "*.interactions.*"))):
+                stem = os.path.basename(p).split(".interactions.")[0]
+                if stem.lower() == dataset.lower():
+                    prefix = stem + "."
+            found["prefix"] = prefix
+        if not found["interactions"]:
+            found["interactions"] = _find(raw_dir, prefix + "interactions")
+        if not found["items"]:
+            found["items"] = _find(raw_dir, prefix + "items")
+    return found
+
+
+def missing_message(dataset: str, raw_dir: Optional[str], out_dir: Optional[str] = None) -> str:
+    where = raw_dir or f"raw/{dataset}"
+    preset = PRESETS.get(dataset, {})
+    prefix = preset.get("prefix", "")
+    out = f" --out_dir={out_dir}" if out_dir else ""
+    lines = [f"dataset '{dataset}': no interaction log found in {where}/"]
+    if preset:
+        lines.append(f"(preset: {preset['about']}; e.g. --raw_dir=../shared/data/"
+                     f"{'amazon-scientific' if dataset == 'scientific' else 'amazon-s3rec'})")
+    lines += [
+        f"Put into {where}/:",
+        f"  {prefix}interactions.csv   columns user_id,item_id,seq_pos (or timestamp); one behaviour per row",
+        f"  {prefix}items.csv          optional: item_id, category (or attribute_ids), text, row",
+        f"  {prefix}<modality>_vectors.npy  optional: float [rows, d], row r = items.csv row r",
+        "(or name the files with --interactions=... --items=... --vectors=modality=path.npy@item_list.txt)",
+        "Then run:",
+        f"  python -m run.make_data --dataset={dataset} --raw_dir={where}{out}",
+    ]
+    return "\n".join(lines)
+
+
+def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tuple[LineErrors, str]:
+    errors = LineErrors(path)
+    rows = iter_rows(path, errors)
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise ConversionError(f"{path}: empty file (no header)") from None
+    header = [h.strip() for h in header]
+    ui = _pick(header, opts.user_col, USER_COLS, "user", path)
+    ii = _pick(header, opts.item_col, ITEM_COLS, "item", path)
+    ti = _pick(header, opts.time_col, TIME_COLS, "time", path, required=False)
+    need = max(x for x in (ui, ii, ti) if x is not None) + 1
+    order = f"column '{header[ti]}'" if ti is not None else "file order (no time column)"
+    n = 0
+    for lineno, row in rows:
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) < need:
+            errors.add(lineno, f"expected >= {need} fields, got {len(row)}")
+            continue
+        user, item = row[ui].strip(), row[ii].strip()
+        if not user or not item:
+            errors.add(lineno, "empty user or item id")
+            continue
+        if ti is not None:
+            try:
+                t = float(row[ti])
+                if t != t:
+                    raise ValueError
+            except ValueError:
+                errors.add(lineno, f"time value {row[ti]!r} is not numeric")
+                continue
+        else:
+            t = float(n)
+        n += 1
+        events.add(user, item, t)
+    return errors, order
+
+
+def _first_token(value: str, sep: Optional[str]) -> str:
+    value = value.strip()
+    if sep is None:
+        return value
+    parts = value.split() if sep == " " else value.split(sep)
+    parts = [p.strip() for p in parts if p.strip()]
+    return parts[0] if parts else ""
+
+
+def _last_match(rx, value: str) -> Optional[str]:
+    """Group 1 of the LAST match (the category path sits at the end of "title. category path. brand.", and a
+    title may itself contain the category prefix)."""
+    last = None
+    for m in rx.finditer(value):
+        last = m
+    return last.group(1).strip() if last is not None else None
+
+
+def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
+    """ItemInfo (category, text) + the raw item id of each vector row + errors."""
+    errors = LineErrors(path)
+    rows = iter_rows(path, errors)
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise ConversionError(f"{path}: empty file (no header)") from None
+    header = [h.strip() for h in header]
+    ii = _pick(header, opts.item_col, ITEM_COLS, "item", path)
+    ci = _pick(header, opts.category_col, CATE_COLS, "category", path, required=False)
+    xi = _pick(header, opts.text_col, TEXT_COLS, "text", path, required=False)
+    ri = header.index("row") if "row" in header else None
+    sep = opts.category_split
+    if sep is None and ci is not None:
+        sep = {"attribute_ids": " ", "genres": "|"}.get(header[ci])
+    rx = re.compile(category_regex) if category_regex else None
+    if rx is not None and rx.groups < 1:
+        raise ConversionError(f"--category_regex '{category_regex}' needs one capturing group")
+    info = ItemInfo(cate={}, text={} if xi is not None else None)
+    row_items: Dict[int, str] = {}
+    seen = set()
+    duplicates = 0
+    data_index = -1
+    need = max(x for x in (ii, ci, xi, ri) if x is not None) + 1
+    for lineno, row in rows:
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        data_index += 1
+        if len(row) < need:
+            errors.add(lineno, f"expected >= {need} fields, got {len(row)}")
+            continue
+        item = row[ii].strip()
+        if not item:
+            errors.add(lineno, "empty item id")
+            continue
+        if ri is not None:
+            try:
+                r = int(row[ri])
+                if r < 0:
+                    raise ValueError
+            except ValueError:
+                errors.add(lineno, f"row {row[ri]!r} is not a non-negative integer")
+                continue
+        else:
+            r = data_index
+        if item in seen:
+            duplicates += 1
+        seen.add(item)
+        row_items.setdefault(r, item)
+        text = row[xi] if xi is not None else None
+        cate = None
+        if ci is not None:
+            cate = row[ci]
+            cate = _last_match(rx, cate) if rx is not None else _first_token(cate, sep)
+        elif rx is not None and text is not None:
+            cate = _last_match(rx, text)
+        if cate and item not in info.cate:
+            info.cate[item] = cate.strip()
+        if info.text is not None and text and text.strip() and item not in info.text:
+            info.text[item] = " ".join(text.split())
+    items_by_row: List[Optional[str]] = [None] * ((max(row_items) + 1) if row_items else 0)
+    for r, item in row_items.items():
+        items_by_row[r] = item
+    return info, items_by_row, errors, {"category_column": header[ci] if ci is not None else None,
+                                        "text_column": header[xi] if xi is not None else None,
+                                        "row_column": ri is not None, "duplicate_items": duplicates}
+
+
+def convert(dataset: str, raw_dir: Optional[str], out_dir: str, protocol: ProtocolConfig, write: WriteConfig,
+            opts: Optional[GenericOptions] = None, vector_sources: List[VectorSource] = (), log=print) -> dict:
+    opts = opts or GenericOptions()
+    preset = PRESETS.get(dataset, {})
+    files = resolve_files(dataset, raw_dir, opts)
+    if not files["interactions"] or not os.path.isfile(files["interactions"]):
+        raise RawFilesMissing(missing_message(dataset, raw_dir, out_dir))
+    if opts.items and not os.path.isfile(opts.items):
+        raise RawFilesMissing(f"--items={opts.items}: no such file")
+    category_regex = opts.category_regex if opts.category_regex is not None else preset.get("category_regex")
+    log(f"[generic] reading {files['interactions']}")
+    events = EventLog()
+    int_err, order = read_interactions(files["interactions"], events, opts)
+    log(f"[generic] {len(events)} interactions by {len(events.users)} users on {len(events.items)} items, "
+        f"ordered by {order} ({int_err.count} malformed lines)")
+    errs = [int_err]
+    info, items_by_row, item_meta = ItemInfo(cate={}), None, {}
+    if files["items"]:
+        log(f"[generic] reading {files['items']}")
+        info, items_by_row, it_err, item_meta = read_items(files["items"], opts, category_regex)
+        errs.append(it_err)
+    sources = list(vector_sources)
+    for s in sources:
+        if s.kind == "npy" and s.items is None:
+            if items_by_row is None:
+                raise ConversionError(f"{s.path}: no item list for its rows and no items file to align it with")
+            s.items, s.items_file = items_by_row, files["items"]
+    if opts.auto_vectors and raw_dir and os.path.isdir(raw_dir):
+        prefix = files["prefix"] or ""
+        for p in sorted(glob.glob(os.path.join(raw_dir, glob.escape(prefix) + "*_vectors.npy"))):
+            name = os.path.basename(p)[len(prefix):-len("_vectors.npy")]
+            if not name.isidentifier() or any(s.modality == name for s in sources):
+                continue
+            if items_by_row is None:
+                raise ConversionError(f"{p}: vector file found but no {prefix}items.csv to align its rows with")
+            sources.append(VectorSource(name, p, "npy", items=items_by_row, items_file=files["items"]))
+    return build_dataset(
+        out_dir, name=dataset, source=f"generic:{os.path.basename(files['interactions'])}", events=events,
+        info=info, protocol=protocol, write=write, vector_sources=sources,
+        raw_files={"interactions": files["interactions"], "items": files["items"]}, read_errors=errs,
+        extra={"converter": {"name": "generic", "order": order, "category_regex": category_regex,
+                             **item_meta}},
+        log=log)

@@ -1,0 +1,109 @@
+"""Training callbacks whose state lives in the run directory, so a killed run resumes with it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import keras
+
+from mmctr_tf.data.schema import write_json_atomic
+
+BEST_WEIGHTS = "best.weights.h5"
+BEST_STATE = "best.json"
+EPOCHS_LOG = "epochs.jsonl"
+
+
+class BestCheckpointEarlyStopping(keras.callbacks.Callback):
+    """Keeps the weights of the best epoch by a validation metric and stops after `patience` epochs without gain.
+
+    Unlike `ModelCheckpoint` + `EarlyStopping`, its state (best value, best epoch) is persisted in
+    `<run_dir>/best.json` next to `best.weights.h5`, so a run resumed by `BackupAndRestore` keeps comparing
+    against the true best instead of starting over. Writes are atomic (temp file + rename). Model selection
+    uses validation data only.
+    """
+
+    def __init__(self, run_dir: str, monitor: str = "val_auc", patience: int = 10):
+        super().__init__()
+        self.run_dir, self.monitor, self.patience = run_dir, monitor, int(patience)
+        self.state_path = os.path.join(run_dir, BEST_STATE)
+        self.weights_path = os.path.join(run_dir, BEST_WEIGHTS)
+        self.state = {"best": -math.inf, "best_epoch": -1}
+
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                self.state = json.load(f)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"BestCheckpointEarlyStopping: metric '{self.monitor}' not in logs {sorted(logs or {})}")
+        value = float(value)
+        if math.isfinite(value) and value > self.state["best"]:
+            tmp = os.path.join(self.run_dir, "best.tmp.weights.h5")
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.weights_path)
+            self.state = {"best": value, "best_epoch": epoch + 1}
+            write_json_atomic(self.state_path, self.state)
+        elif epoch + 1 - self.state["best_epoch"] >= self.patience:
+            print(f"[train] early stop: no {self.monitor} gain for {self.patience} epochs "
+                  f"(best {self.state['best']:.5f} at epoch {self.state['best_epoch']})")
+            self.model.stop_training = True
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Appends one JSON line per finished epoch (1-based `epoch` + all logs) to `<run_dir>/epochs.jsonl`.
+    On resume, lines of epochs that are being re-run are dropped first, so each epoch appears once."""
+
+    def __init__(self, run_dir: str):
+        super().__init__()
+        self.path = os.path.join(run_dir, EPOCHS_LOG)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        kept = [r for r in rows if r["epoch"] <= epoch]
+        if len(kept) != len(rows):
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(self.path + ".tmp", self.path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN/Inf, naming epoch and step, before any checkpoint of
+    that epoch is written (so no non-finite weights are saved)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss)}) at epoch {self.epoch + 1}, step {batch + 1}: training "
+                f"stopped; the last good state is in the run directory (check the learning rate and the input data)")
+
+
+def read_epochs(run_dir: str):
+    path = os.path.join(run_dir, EPOCHS_LOG)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

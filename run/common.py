@@ -1,0 +1,160 @@
+"""Flags shared by the run/ commands (SPEC §5) and the config-file mechanism.
+
+Configuration lives in absl flagfiles under configs/: `configs/models/<model>.cfg` and
+`configs/datasets/<dataset>.cfg` are read automatically (in that order) before the command line, so any flag
+given explicitly (including another `--flagfile`, e.g. configs/dmae_industrial.cfg) overrides them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+FLAGS = flags.FLAGS
+
+# ------------------------------------------------------------------------------------------- run / data
+flags.DEFINE_string("model", "din", "Model: din, mm_concat, dmae, diff_msin.")
+flags.DEFINE_string("backbone", None, "Sequence backbone for plugin models (din default).")
+flags.DEFINE_string("dataset", "synthetic", "synthetic (generated on first use), a converted dataset name, or a path.")
+flags.DEFINE_string("data_dir", "tfrecords", "Where converted datasets live.")
+flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>-<dataset>-s<seed>).")
+flags.DEFINE_integer("epochs", 10, "Maximum epochs.")
+flags.DEFINE_integer("batch_size", 1024, "Per-replica batch size (global = batch_size x replicas).")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_float("lr_decay", 0.9, "Exponential learning-rate decay per epoch.")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, data order).")
+flags.DEFINE_integer("patience", 10, "Early stopping: epochs without validation-AUC gain.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over train).")
+flags.DEFINE_integer("cpu_replicas", 1, "On CPU-only hosts, split the CPU into this many MirroredStrategy replicas.")
+flags.DEFINE_string("verbose", "auto", "Keras fit verbosity: auto, 0, 1, 2.")
+
+# ------------------------------------------------------------------------------------------- model hparams
+# None = the model's own default. Flags a model does not take are reported, not silently applied.
+HPARAM_FLAGS = {
+    "emb_dim": flags.DEFINE_integer("emb_dim", None, "ID embedding size."),
+    "dnn_units": flags.DEFINE_list("dnn_units", None, "Prediction MLP sizes, e.g. 200,80."),
+    "dnn_activation": flags.DEFINE_string("dnn_activation", None, "dice | prelu | relu."),
+    "att_units": flags.DEFINE_list("att_units", None, "DIN attention MLP sizes, e.g. 80,40."),
+    "att_activation": flags.DEFINE_string("att_activation", None, "dice | prelu | sigmoid."),
+    "att_normalization": flags.DEFINE_string("att_normalization", None, "none (DIN paper) | softmax."),
+    "dropout": flags.DEFINE_float("dropout", None, "Dropout rate in MLPs."),
+    "table_storage": flags.DEFINE_string("table_storage", None, "Frozen table dtype in the model: float32|float16|int8."),
+    "modalities": flags.DEFINE_list("modalities", None, "Modalities a multimodal model uses (default: all)."),
+    "emb_l2": flags.DEFINE_float("emb_l2", None, "DIN mini-batch-aware L2 on the embedding rows of each batch."),
+    # DMAE (docs/dmae.md)
+    "lambda_dec": flags.DEFINE_float("lambda_dec", None, "DMAE: weight of the decoding loss (eq. 17); 0 = w/o IDDU."),
+    "l": flags.DEFINE_integer("l", None, "DMAE: time segments of the interest distribution (eq. 10)."),
+    "n": flags.DEFINE_integer("n", None, "DMAE: similarity intervals of the interest distribution (eq. 10)."),
+    "num_buckets": flags.DEFINE_integer("num_buckets", None, "DMAE: N_B similarity buckets (eq. 2)."),
+    "window": flags.DEFINE_integer("window", None, "DMAE: sliding-window size of MIFU (eq. 5-6)."),
+    "mask_ratio": flags.DEFINE_float("mask_ratio", None, "DMAE: share of positions masked by the decoder (eq. 11)."),
+    "mieu_dim": flags.DEFINE_integer("mieu_dim", None, "DMAE: dimension d of the interest representations."),
+    "use_sine_cosine": flags.DEFINE_bool("use_sine_cosine", None, "DMAE: false = w/o MIEU-se (bucket only)."),
+    "use_time_axis": flags.DEFINE_bool("use_time_axis", None, "DMAE: false = w/o MIEU-t (l = 1)."),
+    "use_mifu": flags.DEFINE_bool("use_mifu", None, "DMAE: false = w/o MIFU (pool the encoder outputs directly)."),
+    "decoder_units": flags.DEFINE_list("decoder_units", None, "DMAE: decoder MLP sizes (eq. 12)."),
+    "q_activation": flags.DEFINE_string("q_activation", None, "DMAE: softmax (normalised, default) | sigmoid (paper)."),
+}
+
+
+def int_list(v):
+    return None if v is None else [int(x) for x in v]
+
+
+def _typed(name, value):
+    return int_list(value) if name.endswith("_units") and value is not None else value
+
+
+def hparams_from_flags() -> dict:
+    """Model hyper-parameters from the flags as parsed (config files included by `parse_with_configs`)."""
+    out = {name: _typed(name, holder.value) for name, holder in HPARAM_FLAGS.items() if holder.value is not None}
+    if FLAGS.backbone:
+        out["backbone"] = FLAGS.backbone
+    return out
+
+
+def model_hparams(model: str) -> dict:
+    """Hyper-parameters of one model for commands that run several: its configs/models/<model>.cfg, then the
+    hyper-parameter flags given explicitly on the command line."""
+    out = {}
+    path = os.path.join(CONFIG_DIR, "models", f"{model}.cfg")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("--") or "=" not in line:
+                    continue
+                name, value = line[2:].split("=", 1)
+                if name in HPARAM_FLAGS:
+                    out[name] = _typed(name, FLAGS[name].parser.parse(value))
+    for name, holder in HPARAM_FLAGS.items():
+        if FLAGS[name].present:
+            out[name] = _typed(name, holder.value)
+    if FLAGS.backbone:
+        out["backbone"] = FLAGS.backbone
+    return out
+
+
+def check_hparams(model: str, hparams: dict) -> None:
+    from mmctr_tf.models import accepted_hparams, model_class
+
+    unknown = sorted(set(hparams) - accepted_hparams(model_class(model)))
+    if unknown:
+        raise flags.ValidationError(f"--model={model} does not take flag(s) {', '.join('--' + u for u in unknown)}")
+
+
+def _flag_value(argv, name):
+    """Last value of --name in argv, looking inside --flagfile files too."""
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith("--flagfile=") and os.path.exists(a.split("=", 1)[1]):
+            with open(a.split("=", 1)[1]) as f:
+                value = _flag_value([line.strip() for line in f], name) or value
+        elif a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def with_config_files(argv):
+    """argv with configs/models/<model>.cfg and configs/datasets/<dataset>.cfg flagfiles inserted first."""
+    extra = []
+    model = _flag_value(argv, "model") or "din"
+    dataset = _flag_value(argv, "dataset") or "synthetic"
+    for path in (os.path.join(CONFIG_DIR, "models", f"{model}.cfg"),
+                 os.path.join(CONFIG_DIR, "datasets", f"{os.path.basename(dataset.rstrip('/'))}.cfg")):
+        if os.path.exists(path):
+            extra.append(f"--flagfile={path}")
+    return argv[:1] + extra + argv[1:]
+
+
+def parse_with_configs(argv):
+    """absl `flags_parser` for app.run: reads config files, then the command line."""
+    return FLAGS(with_config_files(argv))
+
+
+def train_config(**overrides):
+    from mmctr_tf.training.trainer import TrainConfig
+
+    cfg = TrainConfig(model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, run_dir=FLAGS.run_dir,
+                      epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+                      lr_decay=FLAGS.lr_decay, seed=FLAGS.seed, patience=FLAGS.patience,
+                      jit_compile=FLAGS.jit_compile, steps_per_epoch=FLAGS.steps_per_epoch,
+                      cpu_replicas=FLAGS.cpu_replicas, verbose=FLAGS.verbose)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def quiet_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def fail(msg: str, code: int = 2):
+    print(msg, file=sys.stderr)
+    return code

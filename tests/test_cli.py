@@ -1,0 +1,40 @@
+"""Config files and shared flags of the run/ commands."""
+
+import os
+
+from absl import flags
+from absl.testing import flagsaver
+
+from run import common
+
+
+def test_config_files_come_first_so_explicit_flags_win(tmp_path):
+    argv = common.with_config_files(["prog", "--model=din", "--emb_dim=4"])
+    assert argv[1].endswith(os.path.join("configs", "models", "din.cfg"))
+    assert argv[2].endswith(os.path.join("configs", "datasets", "synthetic.cfg"))
+    assert argv[-1] == "--emb_dim=4"
+    with flagsaver.flagsaver():
+        common.FLAGS.unparse_flags()
+        common.FLAGS(argv)
+        assert common.FLAGS.emb_dim == 4 and common.FLAGS.att_units == ["80", "40"]
+        assert common.hparams_from_flags()["att_units"] == [80, 40]
+
+
+def test_flagfile_on_the_command_line_selects_dataset_config():
+    argv = common.with_config_files(["prog", "--model=din", "--flagfile=configs/dmae_industrial.cfg"])
+    assert any(a.endswith("synthetic_industrial.cfg") for a in argv)
+
+
+def test_model_hparams_reads_each_models_config_then_explicit_flags():
+    with flagsaver.flagsaver():
+        common.FLAGS.unparse_flags()
+        common.FLAGS(["prog", "--dnn_units=7,3"])
+        hp = common.model_hparams("din")
+        assert hp["dnn_units"] == [7, 3] and hp["att_activation"] == "dice" and hp["emb_dim"] == 16
+
+
+def test_unknown_hparam_for_model_is_refused():
+    import pytest
+
+    with pytest.raises(flags.ValidationError, match="--lambda_dec"):
+        common.check_hparams("din", {"lambda_dec": 0.5})

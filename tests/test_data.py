@@ -1,0 +1,203 @@
+"""Data contract: schema, TFRecord round trip, OOV/padding, vector tables, synthetic generator, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mmctr_tf.data import synthetic
+from mmctr_tf.data import tables as T
+from mmctr_tf.data.datasets import Dataset, ensure_dataset
+from mmctr_tf.data.schema import Schema, SchemaError, read_manifest
+from mmctr_tf.data.tfrecord import ShardedWriter, find_bad_shard, make_dataset, pad_sequences
+from mmctr_tf.evaluation.metrics import auc
+
+
+def _schema(L=5):
+    return Schema(seq_len=L, vocab={"user_id": 10, "item_id": 20, "cate_id": 4}, modalities={"text": 3})
+
+
+def _columns(n, L, rng):
+    hist_len = rng.integers(0, L + 1, n)
+    hist = pad_sequences([rng.integers(1, 20, k).tolist() for k in hist_len], L)
+    return {"user_id": rng.integers(1, 10, n), "item_id": rng.integers(1, 20, n), "cate_id": rng.integers(1, 4, n),
+            "hist_item_id": hist, "hist_cate_id": np.where(hist > 0, hist % 3 + 1, 0), "hist_len": hist_len,
+            "label": rng.integers(0, 2, n).astype(np.float32)}
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_round_trip_equals_input(tmp_path, compression):
+    schema, rng = _schema(), np.random.default_rng(0)
+    cols = _columns(103, schema.seq_len, rng)
+    with ShardedWriter(str(tmp_path), "train", schema, num_shards=3, compression=compression) as w:
+        w.write(cols)
+    assert w.count == 103 and not w.oov
+    assert all(os.path.exists(p) and not os.path.exists(p + ".tmp") for p in w.paths)
+    ds = make_dataset(w.paths, schema, 16, compression=compression)
+    got = {k: [] for k in cols}
+    for feats, label in ds:
+        for k, v in feats.items():
+            got[k].append(v.numpy())
+        got["label"].append(label.numpy())
+    got = {k: np.concatenate(v) for k, v in got.items()}
+    # shards are dealt round-robin: sort both sides by a unique row key to compare
+    key = lambda c: np.lexsort([c["hist_item_id"][:, i] for i in range(schema.seq_len)] + [c["item_id"], c["user_id"]])
+    a, b = key(cols), key(got)
+    for k in cols:
+        np.testing.assert_array_equal(np.asarray(cols[k])[a], got[k][b], err_msg=k)
+
+
+def test_reader_deterministic_with_seed(tmp_path):
+    schema, rng = _schema(), np.random.default_rng(1)
+    with ShardedWriter(str(tmp_path), "train", schema, num_shards=4, compression=None) as w:
+        w.write(_columns(500, schema.seq_len, rng))
+    order = lambda: np.concatenate([f["user_id"].numpy() * 100 + f["item_id"].numpy()
+                                    for f, _ in make_dataset(w.paths, schema, 64, shuffle=True, seed=3)])
+    first, second = order(), order()
+    np.testing.assert_array_equal(first, second)
+
+
+def test_oov_ids_map_to_zero_and_are_counted(tmp_path):
+    schema, rng = _schema(), np.random.default_rng(2)
+    cols = _columns(10, schema.seq_len, rng)
+    cols["item_id"][:3] = [20, 99, -1]  # vocab is 20: valid ids are 1..19
+    cols["hist_item_id"][0, 0] = 500
+    cols["hist_len"][0] = max(cols["hist_len"][0], 1)
+    with ShardedWriter(str(tmp_path), "train", schema, num_shards=1, compression=None) as w:
+        w.write(cols)
+    assert w.oov == {"item_id": 3, "hist_item_id": 1}
+    feats, _ = next(iter(make_dataset(w.paths, schema, 10)))
+    assert list(feats["item_id"].numpy()[:3]) == [0, 0, 0]
+    assert feats["hist_item_id"].numpy()[0, 0] == 0
+
+
+def test_pad_sequences_keeps_most_recent_right_padded():
+    out = pad_sequences([[1, 2, 3, 4, 5, 6], [7], []], 4)
+    np.testing.assert_array_equal(out, [[3, 4, 5, 6], [7, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_int8_table_cosine_error_below_001():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(1001, 128)).astype(np.float32)
+    v[0] = 0
+    t = T.quantize(v, dtype="int8")
+    d = t.dequantize()
+    cos = np.sum(v[1:] * d[1:], 1) / (np.linalg.norm(v[1:], axis=1) * np.linalg.norm(d[1:], axis=1))
+    assert t.values.dtype == np.int8 and np.max(1 - cos) < 0.01
+    h = T.quantize(v, dtype="float16").dequantize()
+    assert np.max(np.abs(h - v)) < 1e-2
+
+
+def test_table_missing_rows_flagged_not_noise():
+    v = np.ones((5, 4), np.float32)
+    v[3] = 0  # item 3 has no vector
+    t = T.quantize(v)
+    assert list(t.present) == [False, True, True, False, True]
+    assert np.all(t.values[3] == 0)
+
+
+def test_table_validation_names_file_and_field(tmp_path):
+    v = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    entry = T.save_table(str(tmp_path), "text", T.quantize(v, dtype="int8"))
+    assert T.load_table(str(tmp_path), "text", entry).dim == 4
+    with pytest.raises(SchemaError, match=r"text\.values\.npy.*'dim'"):
+        T.load_table(str(tmp_path), "text", {**entry, "dim": 5})
+    with pytest.raises(SchemaError, match=r"'rows'"):
+        T.load_table(str(tmp_path), "text", {**entry, "rows": 7})
+    with pytest.raises(SchemaError, match=r"'dtype'"):
+        T.load_table(str(tmp_path), "text", {**entry, "dtype": "float32"})
+    os.remove(tmp_path / "text.scale.npy")
+    with pytest.raises(SchemaError, match=r"text\.scale\.npy.*missing"):
+        T.load_table(str(tmp_path), "text", entry)
+    bad = v.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(SchemaError, match="non-finite"):
+        T.quantize(bad)
+    entry = T.save_table(str(tmp_path), "image", T.quantize(v))
+    np.save(tmp_path / "image.values.npy", bad)  # NaN written behind the manifest's back
+    with pytest.raises(SchemaError, match=r"image\.values\.npy.*NaN.*row 2"):
+        T.load_table(str(tmp_path), "image", entry)
+
+
+def test_synthetic_deterministic_and_bayes_auc_in_range():
+    cfg = synthetic.SyntheticConfig(num_users=300, num_items=200, impressions_per_user=10, seed=5)
+    s1, sp1, v1, _, _ = synthetic.generate(cfg)
+    s2, sp2, v2, _, _ = synthetic.generate(cfg)
+    for split in sp1:
+        for k in sp1[split]:
+            np.testing.assert_array_equal(sp1[split][k], sp2[split][k])
+    np.testing.assert_array_equal(v1["text"], v2["text"])
+    other = synthetic.generate(synthetic.SyntheticConfig(num_users=300, num_items=200, impressions_per_user=10,
+                                                         seed=6))[1]
+    assert not np.array_equal(other["train"]["item_id"], sp1["train"]["item_id"])
+    for split in sp1.values():
+        bayes = auc(split["label"], split["p_true"])
+        assert 0.5 < bayes < 1.0
+        assert split["hist_len"].max() <= cfg.seq_len
+        # right padding: nothing after hist_len
+        L = cfg.seq_len
+        pad = np.arange(L)[None, :] >= split["hist_len"][:, None]
+        assert np.all(split["hist_item_id"][pad] == 0) and np.all(split["hist_item_id"][~pad] > 0)
+
+
+def test_synthetic_industrial_has_requests_days_and_real_negatives():
+    cfg = synthetic.SyntheticConfig(num_users=200, num_items=200, impressions_per_user=12, variant="industrial")
+    schema, splits, _, _, _ = synthetic.generate(cfg)
+    assert schema.optional == ("request_id", "ts")
+    day = {k: np.unique(v["ts"] // 86400) for k, v in splits.items()}
+    assert list(day["test"]) == [cfg.num_days - 1] and list(day["valid"]) == [cfg.num_days - 2]
+    assert day["train"].max() < cfg.num_days - 2
+    rid, counts = np.unique(splits["train"]["request_id"], return_counts=True)
+    assert counts.max() == cfg.items_per_request
+    assert 0 < splits["train"]["label"].mean() < 0.5
+
+
+def test_built_dataset_manifest_and_pipeline(small_dataset):
+    m = read_manifest(small_dataset)
+    schema = m["schema_obj"]
+    assert set(m["splits"]) == {"train", "valid", "test"}
+    for split, e in m["splits"].items():
+        assert 0.5 < e["bayes_auc"] < 1 and e["examples"] > 0
+    data = Dataset(small_dataset)
+    assert set(data.tables) == {"text", "image"} and data.tables["text"].rows == schema.vocab["item_id"]
+    feats, label = next(iter(data.tf_dataset("train", 32, shuffle=True, seed=0)))
+    assert feats["hist_item_id"].shape == (32, schema.seq_len) and label.shape == (32,)
+    assert set(feats) == set(schema.model_inputs)
+
+
+def test_corrupt_shard_error_names_file(tmp_path):
+    schema, rng = _schema(), np.random.default_rng(3)
+    with ShardedWriter(str(tmp_path), "train", schema, num_shards=2, compression="GZIP") as w:
+        w.write(_columns(200, schema.seq_len, rng))
+    assert find_bad_shard(w.paths, schema, "GZIP") is None
+    raw = open(w.paths[1], "rb").read()
+    with open(w.paths[1], "wb") as f:
+        f.write(raw[: len(raw) // 2])  # truncated shard
+    msg = find_bad_shard(w.paths, schema, "GZIP")
+    assert msg is not None and msg.startswith(w.paths[1])
+    with pytest.raises(SchemaError, match="does not exist"):
+        make_dataset([str(tmp_path / "nope.tfrecord")], schema, 8)
+
+
+def test_wrong_schema_shard_is_reported(tmp_path):
+    schema, rng = _schema(L=5), np.random.default_rng(4)
+    with ShardedWriter(str(tmp_path), "train", schema, num_shards=1, compression=None) as w:
+        w.write(_columns(20, 5, rng))
+    longer = Schema(seq_len=7, vocab=schema.vocab)
+    msg = find_bad_shard(w.paths, longer, None)
+    assert msg is not None and w.paths[0] in msg and "hist_" in msg
+
+
+def test_manifest_errors(tmp_path, small_dataset):
+    with pytest.raises(SchemaError, match="no manifest"):
+        read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": {"seq_len": 5, "vocab": {"user_id": 3}},
+                                                        "splits": {}}))
+    with pytest.raises(SchemaError, match="item_id"):
+        read_manifest(str(tmp_path))
+    with pytest.raises(SchemaError, match="run.make_data --dataset=electro"):
+        ensure_dataset("electro", str(tmp_path))
