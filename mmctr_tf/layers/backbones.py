@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 
 from mmctr_tf.layers.attention import TargetAttention
+from mmctr_tf.layers.bst import BSTBackbone
 from mmctr_tf.layers.core import serializable
 
 
@@ -35,7 +36,7 @@ class DINBackbone(keras.layers.Layer):
                 "att_normalization": self.att_normalization}
 
 
-BACKBONES = {"din": DINBackbone}
+BACKBONES = {"din": DINBackbone, "bst": BSTBackbone}
 
 
 def make_backbone(name: str, **kwargs):

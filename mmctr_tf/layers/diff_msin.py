@@ -7,20 +7,21 @@
   eq. 12-13 `SynergyObjective`    E_syn = MLP([h^im ; h^te ; h^id]), E_target, L_syn hinge (tracker `syn_loss`)
   eq. 14-17 `AdaptiveFusion`      target-id gates, DCN cross (`CrossLayer`), ID-query multi-head attention (FDAF)
 
-All layers work on float32 tensors, never divide by a norm without a floor (`safe_cosine`), and are
-deterministic when `training` is falsy (no diffusion noise at inference).
+All layers work on float32 tensors, never divide by a norm without a floor, and are deterministic when `training`
+is falsy (no diffusion noise at inference). Cosines use `cosine` below (0 for a zero vector, and a finite
+gradient there too).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from mmctr_tf.layers.core import MLP, safe_cosine, serializable
+from mmctr_tf.layers.core import MLP, serializable
 from mmctr_tf.layers.cross import CrossLayer
 
 
@@ -74,13 +75,25 @@ def math_sqrt(x):
     return tf.sqrt(x)
 
 
+def cosine(a, b, axis: int = -1, eps: float = 1e-12):
+    """Cosine similarity that is 0 for a zero vector AND has a finite gradient there.
+
+    `core.safe_cosine` divides by max(|a| |b|, eps) with |a| = sqrt(sum a^2): its value is safe, but at an exactly
+    zero vector (an all-zero ReLU expert, E_syn of an empty history at initialisation) the gradient of sqrt at 0
+    is inf and inf * 0 = NaN, which XLA-compiled training hits. l2-normalising with rsqrt(max(sum a^2, eps)) never
+    evaluates sqrt at 0."""
+    a = tf.math.l2_normalize(a, axis=axis, epsilon=eps)
+    b = tf.math.l2_normalize(b, axis=axis, epsilon=eps)
+    return tf.reduce_sum(a * b, axis=axis)
+
+
 def pairwise_cosine_sum(vectors: Sequence[tf.Tensor]) -> tf.Tensor:
     """sum_i sum_{j != i} cos(v_i, v_j) per example ([B]); ordered pairs, as eq. (9) writes the double sum
     (= 2 x the sum over unordered pairs). Zero vectors give cosine 0, never NaN."""
     total = None
     for i in range(len(vectors)):
         for j in range(i + 1, len(vectors)):
-            c = 2.0 * safe_cosine(vectors[i], vectors[j])
+            c = 2.0 * cosine(vectors[i], vectors[j])
             total = c if total is None else total + c
     if total is None:
         return tf.zeros_like(vectors[0][:, 0]) if vectors else tf.zeros([1])
@@ -139,7 +152,8 @@ class MultimodalExperts(keras.layers.Layer):
         self.con_weight = float(con_weight)
         self.experts = {m: MLP((self.units,), activation, name=f"expert_{m}") for m in self.modalities_}
         self.shared_experts = {m: MLP((self.units,), activation, name=f"shared_expert_{m}") for m in self.modalities_}
-        self.gates = {m: keras.layers.Dense(self.units, activation="sigmoid", name=f"gate_{m}") for m in self.modalities_}
+        self.gates = {m: keras.layers.Dense(self.units, activation="sigmoid", name=f"gate_{m}")
+                      for m in self.modalities_}
         self.con_loss_tracker = keras.metrics.Mean(name="con_loss")
 
     def call(self, inputs, training=None):
@@ -172,9 +186,9 @@ class SynergyDiffusion(keras.layers.Layer):
     step first):
       x^m     = sqrt(a_t) h^m + sqrt(1 - a_t) eps^m          eq. (10), eps ~ N(0, I) only when training;
                                                              at inference eps = 0 (deterministic serving)
-      epŝ^m  = sum_{n != m} alpha_{m,n} CI_{m,n}(x^m, x^n)   eq. (11), CI = MultiHeadAttention(query x^m,
+      eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n)    eq. (11), CI = MultiHeadAttention(query x^m,
                                                              key = value x^n, n's padding masked)
-      h^m     = (x^m - c_t epŝ^m) / sqrt(a_t)              eq. (11), c_t = sqrt(1 - a_t) ("paper") or the
+      h^m     = (x^m - c_t eps_hat^m) / sqrt(a_t)          eq. (11), c_t = sqrt(1 - a_t) ("paper") or the
                                                              DDPM factor (1 - a_t) / sqrt(1 - abar_t) ("ddpm")
     At inference the step is x = sqrt(a_t) h (the mean of the training-time x), so training and serving see
     the same expected scale and the states are not inflated by prod 1/sqrt(a_t).
@@ -223,7 +237,7 @@ class SynergyDiffusion(keras.layers.Layer):
                                              name="pair_coef")
 
     def step_coefficients(self):
-        """(sqrt(a_t), c_t) for t = 1..T as float32 numpy arrays."""
+        """(sqrt(a_t), sqrt(1 - a_t), c_t) for t = 1..T as float32 numpy arrays [T]."""
         a = self.alphas
         c = np.sqrt(1.0 - a) if self.reverse_coef == "paper" else (1.0 - a) / np.sqrt(1.0 - self.alpha_bars)
         return np.sqrt(a).astype(np.float32), np.sqrt(1.0 - a).astype(np.float32), c.astype(np.float32)
@@ -291,7 +305,7 @@ class SynergyObjective(keras.layers.Layer):
       E_syn    = MLP([h^id ; h^te ; h^im])   Dense(2 units, GELU) -> Dense(units) (the authors' 3d -> 2d -> d)
       E_target = Dense(units)([v_i ; target text vector ; target image vector])  (projection of the target item's
                  id / text / image embeddings, SPEC §3)
-      cos      = cos(E_syn, E_target)         [B], 0 for zero vectors
+      cos      = cos(E_syn, E_target)         [B], 0 for zero vectors (`cosine`)
 
     L_syn needs the label, which `call` never sees: the model returns `cos` from its training-time `call` and
     `DiffMSIN.compute_loss` calls `loss(y, cos, sample_weight)`, which returns the unweighted batch mean of
@@ -311,7 +325,7 @@ class SynergyObjective(keras.layers.Layer):
     def call(self, parts, target, training=None):
         e_syn = self.mlp(tf.concat(list(parts), axis=-1), training=training)
         e_target = self.target_proj(target)
-        return e_syn, e_target, safe_cosine(e_syn, e_target)
+        return e_syn, e_target, cosine(e_syn, e_target)
 
     def loss(self, y, cos, sample_weight=None):
         per = synergy_hinge(y, cos, self.margin)

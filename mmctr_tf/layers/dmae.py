@@ -130,8 +130,10 @@ class SlidingWindowAttention(keras.layers.Layer):
     The residual `x_i +` is on by default (`residual=False` drops it). Padded/masked slots are neither queries
     (their output is 0) nor keys; a row without valid slots gives zeros.
 
-    Cost is linear in L: keys and values are gathered into a band [B, L, w', d] (w' = 2 (window//2) + 1) from
-    w' shifted slices of the zero-padded sequence; no [L, L] score matrix is ever built.
+    Cost is linear in L (blocked band attention, as in Longformer): queries are cut into blocks of b = 2 (window//2)
+    slots, each block attends to its own slots plus window//2 on either side ([B, L/b, b, b + 2 (window//2)]
+    scores, then the band |i - j| <= window//2 is masked), so no [L, L] tensor is ever built; everything is
+    reshapes, slices and batched matmuls (cheap gradients, unlike gathers).
 
     call(x [B, L, d_in], mask [B, L] bool) -> [B, L, dim]  (dim must equal d_in when residual=True)
     """
@@ -142,6 +144,7 @@ class SlidingWindowAttention(keras.layers.Layer):
             raise ValueError(f"SlidingWindowAttention: window must be >= 1, got {window}")
         self.dim, self.window, self.residual = int(dim), int(window), bool(residual)
         self.half = self.window // 2
+        self.block = max(2 * self.half, 1)  # query block size (>= half, so a window spans <= 3 blocks)
         self.q = keras.layers.Dense(self.dim, use_bias=False, name="w_q")
         self.k = keras.layers.Dense(self.dim, use_bias=False, name="w_k")
         self.v = keras.layers.Dense(self.dim, use_bias=False, name="w_v")
@@ -152,28 +155,33 @@ class SlidingWindowAttention(keras.layers.Layer):
         for layer in (self.q, self.k, self.v):
             layer.build(input_shape)
 
-    def band(self, x):
-        """[B, L, ...] -> [B, L, w', ...]: element [b, i, o] = x[b, i + o - half] (zero / False outside [0, L)).
-
-        One gather from the sequence zero-padded by `half` on each side, with an index table of shape [L, w']
-        (never [L, L])."""
-        h = self.half
+    def blocks(self, x, nb: int):
+        """[B, L, ...] -> key/value windows [B, nb, b + 2h, ...] of the query blocks of size b = block: window n
+        holds slots n*b - h .. n*b + b - 1 + h (zero / False outside [0, L)). Reshapes and slices only."""
+        b, h = self.block, self.half
         L = tf.shape(x)[1]
-        pad = [[0, 0], [h, h]] + [[0, 0]] * (len(x.shape) - 2)
-        xp = tf.pad(x, pad)
-        idx = tf.range(L)[:, None] + tf.range(2 * h + 1)[None, :]  # [L, w'] into the padded axis
-        return tf.gather(xp, idx, axis=1)
+        rest = [[0, 0]] * (len(x.shape) - 2)
+        xp = tf.pad(x, [[0, 0], [b, nb * b - L + b]] + rest)  # one empty block before, up to one after
+        xb = tf.reshape(xp, tf.concat([tf.shape(x)[:1], [nb + 2, b], tf.shape(x)[2:]], 0))
+        return tf.concat([xb[:, :-2, b - h:], xb[:, 1:-1], xb[:, 2:, :h]], axis=2)
 
     def call(self, x, mask):
         mask = tf.cast(mask, tf.bool)
         mf = tf.cast(mask, x.dtype)[..., None]
         x = x * mf
         q, k, v = self.q(x), self.k(x), self.v(x)
-        kb, vb = self.band(k), self.band(v)  # [B, L, w', d]
-        valid = self.band(mask) & mask[:, :, None]  # [B, L, w']
-        scores = tf.einsum("bld,blwd->blw", q, kb) / math.sqrt(self.dim)
+        b, h = self.block, self.half
+        L = tf.shape(x)[1]
+        nb = (L + b - 1) // b
+        qb = tf.reshape(tf.pad(q, [[0, 0], [0, nb * b - L], [0, 0]]), [-1, nb, b, self.dim])
+        mq = tf.reshape(tf.pad(mask, [[0, 0], [0, nb * b - L]]), [-1, nb, b])
+        kw, vw, mk = self.blocks(k, nb), self.blocks(v, nb), self.blocks(mask, nb)
+        scores = tf.einsum("bnid,bnjd->bnij", qb, kw) / math.sqrt(self.dim)  # [B, nb, b, b + 2h]
+        rel = tf.range(b + 2 * h)[None, :] - tf.range(b)[:, None]  # key slot - query slot + h
+        band = (rel >= 0) & (rel <= 2 * h)
+        valid = band[None, None] & mk[:, :, None, :] & mq[..., None]
         att = masked_softmax(scores, valid)
-        out = tf.einsum("blw,blwd->bld", att, vb)
+        out = tf.reshape(tf.einsum("bnij,bnjd->bnid", att, vw), [-1, nb * b, self.dim])[:, :L]
         if self.residual:
             out = out + x
         return out * mf

@@ -6,9 +6,10 @@ import inspect
 
 from mmctr_tf.models.base import CTRModel, dummy_batch
 from mmctr_tf.models.din import DIN, MMConcat
+from mmctr_tf.models.diff_msin import DiffMSIN
 from mmctr_tf.models.dmae import DMAE
 
-MODELS = {"din": DIN, "mm_concat": MMConcat, "dmae": DMAE}
+MODELS = {"din": DIN, "mm_concat": MMConcat, "dmae": DMAE, "diff_msin": DiffMSIN}
 
 
 def model_class(name: str):

@@ -22,22 +22,11 @@ import tensorflow as tf
 
 from mmctr_tf.layers import backbones as backbones_lib
 from mmctr_tf.layers.attention import TargetAttention
-from mmctr_tf.layers.bst import BSTBackbone
 from mmctr_tf.layers.core import MLP, masked_mean, serializable
 from mmctr_tf.layers.diff_msin import AdaptiveFusion, MultimodalExperts, SynergyDiffusion, SynergyObjective
 from mmctr_tf.models.base import CTRModel
 
 ID = "id"
-
-
-def make_any_backbone(name: str, **kwargs):
-    """`backbones.make_backbone`, plus "bst" while it is not registered there yet."""
-    if name == "bst" and "bst" not in backbones_lib.BACKBONES:
-        import inspect
-
-        accepted = inspect.signature(BSTBackbone.__init__).parameters
-        return BSTBackbone(**{k: v for k, v in kwargs.items() if k in accepted}, name="backbone_bst")
-    return backbones_lib.make_backbone(name, **kwargs)
 
 
 @serializable
@@ -75,7 +64,8 @@ class DiffMSIN(CTRModel):
         if ID in self.modalities:
             raise ValueError(f"DiffMSIN: modality name '{ID}' is reserved for the ID modality")
         self.backbone_name = backbone
-        self.att_units, self.att_activation, self.att_normalization = tuple(att_units), att_activation, att_normalization
+        self.att_units, self.att_activation = tuple(att_units), att_activation
+        self.att_normalization = att_normalization
         self.backbone_heads, self.backbone_blocks = int(backbone_heads), int(backbone_blocks)
         self.dnn_units, self.dnn_activation, self.dropout = tuple(dnn_units), dnn_activation, float(dropout)
         self.expert_units, self.num_heads = int(expert_units), int(num_heads)
@@ -92,10 +82,10 @@ class DiffMSIN(CTRModel):
             raise ValueError(f"DiffMSIN: tokens_per_vector={tokens_per_vector} must be 0 or divide expert_units={d}")
         self.all_modalities = [ID] + list(self.modalities)
 
-        self.backbone = make_any_backbone(backbone, att_units=att_units, att_activation=att_activation,
-                                          att_normalization=att_normalization, seq_len=self.schema.seq_len,
-                                          dropout=dropout, num_heads=self.backbone_heads,
-                                          num_blocks=self.backbone_blocks)
+        self.backbone = backbones_lib.make_backbone(
+            backbone, att_units=att_units, att_activation=att_activation, att_normalization=att_normalization,
+            seq_len=self.schema.seq_len, dropout=dropout, num_heads=self.backbone_heads,
+            num_blocks=self.backbone_blocks)
         self.mm_attention = {m: TargetAttention(self.att_units, att_activation, att_normalization,
                                                 name=f"{m}_attention") for m in self.modalities}
         if self.use_mfe:

@@ -55,7 +55,10 @@ class BestCheckpointEarlyStopping(keras.callbacks.Callback):
 
 class EpochLog(keras.callbacks.Callback):
     """Appends one JSON line per finished epoch (1-based `epoch` + all logs) to `<run_dir>/epochs.jsonl`.
-    On resume, lines of epochs that are being re-run are dropped first, so each epoch appears once."""
+    On resume, lines of epochs that are being re-run are dropped first, so each epoch appears once.
+
+    Auxiliary-loss trackers owned by layers (DMAE's `dec_loss`, ...) are updated in training only, so Keras'
+    `val_<name>` copies of them are always 0; they are left out here."""
 
     def __init__(self, run_dir: str):
         super().__init__()
@@ -73,7 +76,8 @@ class EpochLog(keras.callbacks.Callback):
             os.replace(self.path + ".tmp", self.path)
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        aux = {"val_" + m.name for m in self.model.metrics if m.name not in ("loss", "compile_metrics")}
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items() if k not in aux}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 

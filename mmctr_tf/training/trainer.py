@@ -168,7 +168,7 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
     ]
     try:
         model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=valid_ds,
-                  callbacks=callbacks, verbose=cfg.verbose)
+                  callbacks=callbacks, verbose=cfg.verbose, shuffle=False)  # tf.data shuffles already
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         files = data.files("train") + data.files("valid")
         bad = find_bad_shard(files, data.schema, data.compression)
