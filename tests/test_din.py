@@ -45,8 +45,11 @@ def test_masked_mean_and_safe_cosine_finite():
     x = tf.ones([2, 3, 4])
     m = tf.constant([[True, False, False], [False, False, False]])
     np.testing.assert_allclose(masked_mean(x, m), [[1] * 4, [0] * 4])
-    c = safe_cosine(tf.zeros([2, 4]), tf.ones([2, 4]))
-    assert np.all(np.isfinite(c)) and np.all(np.asarray(c) == 0)
+    z = tf.Variable(tf.zeros([2, 4]))
+    with tf.GradientTape() as tape:
+        c = safe_cosine(z, tf.ones([2, 4]))
+    assert np.all(np.asarray(c) == 0) and np.all(np.isfinite(tape.gradient(c, z)))  # no NaN gradient at 0
+    np.testing.assert_allclose(safe_cosine(tf.constant([1.0, 0.0]), tf.constant([1.0, 1.0])), 2 ** -0.5, rtol=1e-6)
 
 
 def test_dice_and_mlp_configs_round_trip():

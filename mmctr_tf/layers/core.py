@@ -27,12 +27,13 @@ def masked_mean(x, mask, axis: int = 1):
     return total / tf.maximum(count, 1.0)
 
 
-def safe_cosine(a, b, axis: int = -1, eps: float = 1e-8):
-    """Cosine similarity that is 0 (not NaN) when either vector is zero (missing modality)."""
-    dot = tf.reduce_sum(a * b, axis=axis)
-    na = tf.sqrt(tf.reduce_sum(a * a, axis=axis))
-    nb = tf.sqrt(tf.reduce_sum(b * b, axis=axis))
-    return dot / tf.maximum(na * nb, eps)
+def safe_cosine(a, b, axis: int = -1, eps: float = 1e-12):
+    """Cosine similarity that is 0 (not NaN) when either vector is zero (a missing modality, an all-zero ReLU
+    output), with a finite gradient there too: both sides are l2-normalised with rsqrt(max(sum x^2, eps)), so sqrt is
+    never evaluated at 0 (its gradient there is inf, and inf * 0 = NaN poisons XLA-compiled training)."""
+    a = tf.math.l2_normalize(a, axis=axis, epsilon=eps)
+    b = tf.math.l2_normalize(b, axis=axis, epsilon=eps)
+    return tf.reduce_sum(a * b, axis=axis)
 
 
 @serializable

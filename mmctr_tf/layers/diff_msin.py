@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mmctr_tf.layers.core import MLP, serializable
+from mmctr_tf.layers.core import MLP, safe_cosine, serializable
 from mmctr_tf.layers.cross import CrossLayer
 
 
@@ -75,16 +75,7 @@ def math_sqrt(x):
     return tf.sqrt(x)
 
 
-def cosine(a, b, axis: int = -1, eps: float = 1e-12):
-    """Cosine similarity that is 0 for a zero vector AND has a finite gradient there.
-
-    `core.safe_cosine` divides by max(|a| |b|, eps) with |a| = sqrt(sum a^2): its value is safe, but at an exactly
-    zero vector (an all-zero ReLU expert, E_syn of an empty history at initialisation) the gradient of sqrt at 0
-    is inf and inf * 0 = NaN, which XLA-compiled training hits. l2-normalising with rsqrt(max(sum a^2, eps)) never
-    evaluates sqrt at 0."""
-    a = tf.math.l2_normalize(a, axis=axis, epsilon=eps)
-    b = tf.math.l2_normalize(b, axis=axis, epsilon=eps)
-    return tf.reduce_sum(a * b, axis=axis)
+cosine = safe_cosine  # gradient-safe at zero vectors (see core.safe_cosine)
 
 
 def pairwise_cosine_sum(vectors: Sequence[tf.Tensor]) -> tf.Tensor:

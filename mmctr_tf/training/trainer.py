@@ -148,6 +148,9 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
 
     strategy = make_strategy(cfg.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
+    if cfg.jit_compile and cfg.cpu_replicas > 1 and not tf.config.list_logical_devices("GPU"):
+        raise ValueError("--jit_compile with --cpu_replicas > 1: XLA cannot compile a step whose variables live on "
+                         "several logical CPU devices; drop one of the two flags")
     global_batch = cfg.batch_size * replicas
     steps = cfg.steps_per_epoch or max(1, data.examples("train") // global_batch)
     with strategy.scope():
