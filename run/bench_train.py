@@ -30,6 +30,8 @@ def main(argv):
     feats, _ = next(iter(data.tf_dataset("test", 1024)))
     sample = {k: v.numpy() for k, v in feats.items()}
     batches = [int(b) for b in FLAGS.latency_batches]
+    headers = ["model", "params", "train ex/s", "ms/step", "step time / DIN"] + [f"serve ms p50/p99 @{b}" for b in batches]
+    print(f"dataset {data.path}, batch {FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}", flush=True)
     rows, base = [], None
     for name in models:
         r = train_throughput(name, data, common.model_hparams(name), FLAGS.batch_size, FLAGS.bench_steps, jit_compile=FLAGS.jit_compile)
@@ -37,9 +39,8 @@ def main(argv):
         lat = serving_latency(r["model"], batches, sample=sample)
         rows.append([name, r["params"], r["examples_per_sec"], r["ms_per_step"], r["ms_per_step"] / base]
                     + [f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f}" for x in lat])
-        print(f"[bench] {name}: {r['examples_per_sec']:,.0f} examples/s", flush=True)
-    headers = ["model", "params", "train ex/s", "ms/step", "step time / DIN"] + [f"serve ms p50/p99 @{b}" for b in batches]
-    print(f"\ndataset {data.path}, batch {FLAGS.batch_size}, jit_compile={FLAGS.jit_compile}")
+        print(markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)  # each row as soon as measured
+    print()
     print(markdown_table(headers, rows))
     return 0
 

@@ -495,7 +495,7 @@ def test_generic_pca_and_int8(tmp_path):
 
 def test_explicit_vectors_with_item_list(tmp_path):
     raw = str(tmp_path / "raw")
-    fx = make_generic(raw)
+    make_generic(raw)
     os.remove(os.path.join(raw, "text_vectors.npy"))
     os.remove(os.path.join(raw, "image_vectors.npy"))
     ids = np.array([f"item{k}" for k in range(0, 30, 2)])

@@ -13,7 +13,7 @@ import tensorflow as tf
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.evaluation.metrics import auc
 from mmctr_tf.export import saved_model as sm
-from mmctr_tf.models import build_model, dummy_batch
+from mmctr_tf.models import dummy_batch
 from mmctr_tf.training import callbacks as cb
 from mmctr_tf.training.trainer import TrainConfig, load_run, train
 
