@@ -173,14 +173,19 @@ def missing_message(dataset: str, raw_dir: Optional[str], out_dir: Optional[str]
     return "\n".join(lines)
 
 
-def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tuple[LineErrors, str]:
-    errors = LineErrors(path)
+def _rows_with_header(path: str, errors: LineErrors):
+    """(row iterator positioned after the header, stripped header names) of a CSV/parquet file."""
     rows = iter_rows(path, errors)
     try:
         _, header = next(rows)
     except StopIteration:
         raise ConversionError(f"{path}: empty file (no header)") from None
-    header = [h.strip() for h in header]
+    return rows, [h.strip() for h in header]
+
+
+def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tuple[LineErrors, str]:
+    errors = LineErrors(path)
+    rows, header = _rows_with_header(path, errors)
     ui = _pick(header, opts.user_col, USER_COLS, "user", path)
     ii = _pick(header, opts.item_col, ITEM_COLS, "item", path)
     ti = _pick(header, opts.time_col, TIME_COLS, "time", path, required=False)
@@ -233,12 +238,7 @@ def _last_match(rx, value: str) -> Optional[str]:
 def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
     """ItemInfo (category, text) + the raw item id of each vector row + errors."""
     errors = LineErrors(path)
-    rows = iter_rows(path, errors)
-    try:
-        _, header = next(rows)
-    except StopIteration:
-        raise ConversionError(f"{path}: empty file (no header)") from None
-    header = [h.strip() for h in header]
+    rows, header = _rows_with_header(path, errors)
     ii = _pick(header, opts.item_col, ITEM_COLS, "item", path)
     ci = _pick(header, opts.category_col, CATE_COLS, "category", path, required=False)
     xi = _pick(header, opts.text_col, TEXT_COLS, "text", path, required=False)
