@@ -58,33 +58,40 @@ def _split_dat(line: str) -> List[str]:
     return line.rstrip("\r\n").split("::")
 
 
-def read_ratings(path: str, events: EventLog, threshold: float) -> LineErrors:
-    errors = LineErrors(path)
+def _rows(path: str, errors: LineErrors, header_names):
+    """(line number, fields) of a MovieLens .dat ('::') or .csv file, skipping a CSV header whose first column is
+    one of `header_names` and blank lines; `errors.lines` counts every line read."""
     dat = path.endswith(".dat")
     with open_text(path, encoding="latin-1" if dat else "utf-8") as f:
         rows = (_split_dat(line) for line in f) if dat else csv.reader(f)
         for lineno, row in enumerate(rows, start=1):
             errors.lines = lineno
-            if not dat and lineno == 1 and row and row[0].strip().lower() in ("userid", "user_id", "user"):
+            if not dat and lineno == 1 and row and row[0].strip().lower() in header_names:
                 continue  # header
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
-            if len(row) < 4:
-                errors.add(lineno, f"expected 4 fields (user, movie, rating, timestamp), got {len(row)}")
-                continue
-            user, movie = row[0].strip(), row[1].strip()
-            try:
-                rating = float(row[2])
-                ts = float(row[3])
-                if rating != rating or ts != ts:
-                    raise ValueError("NaN")
-            except ValueError:
-                errors.add(lineno, f"rating / timestamp not numeric: {row[2]!r}, {row[3]!r}")
-                continue
-            if not user or not movie:
-                errors.add(lineno, "empty user or movie id")
-                continue
-            events.add(user, movie, ts, 1 if rating > threshold else 0)
+            yield lineno, row
+
+
+def read_ratings(path: str, events: EventLog, threshold: float) -> LineErrors:
+    errors = LineErrors(path)
+    for lineno, row in _rows(path, errors, ("userid", "user_id", "user")):
+        if len(row) < 4:
+            errors.add(lineno, f"expected 4 fields (user, movie, rating, timestamp), got {len(row)}")
+            continue
+        user, movie = row[0].strip(), row[1].strip()
+        try:
+            rating = float(row[2])
+            ts = float(row[3])
+            if rating != rating or ts != ts:
+                raise ValueError("NaN")
+        except ValueError:
+            errors.add(lineno, f"rating / timestamp not numeric: {row[2]!r}, {row[3]!r}")
+            continue
+        if not user or not movie:
+            errors.add(lineno, "empty user or movie id")
+            continue
+        events.add(user, movie, ts, 1 if rating > threshold else 0)
     return errors
 
 
@@ -93,26 +100,18 @@ def read_movies(path: Optional[str]):
     if not path:
         return info, None
     errors = LineErrors(path)
-    dat = path.endswith(".dat")
-    with open_text(path, encoding="latin-1" if dat else "utf-8") as f:
-        rows = (_split_dat(line) for line in f) if dat else csv.reader(f)
-        for lineno, row in enumerate(rows, start=1):
-            errors.lines = lineno
-            if not dat and lineno == 1 and row and row[0].strip().lower() in ("movieid", "movie_id", "item_id"):
-                continue
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < 3:
-                errors.add(lineno, f"expected 3 fields (movieId, title, genres), got {len(row)}")
-                continue
-            movie = row[0].strip()
-            title = row[1].strip()
-            genres = row[-1].strip()
-            first = genres.split("|")[0].strip() if genres else ""
-            if first:
-                info.cate[movie] = first
-            if title:
-                info.text[movie] = title
+    for lineno, row in _rows(path, errors, ("movieid", "movie_id", "item_id")):
+        if len(row) < 3:
+            errors.add(lineno, f"expected 3 fields (movieId, title, genres), got {len(row)}")
+            continue
+        movie = row[0].strip()
+        title = row[1].strip()
+        genres = row[-1].strip()
+        first = genres.split("|")[0].strip() if genres else ""
+        if first:
+            info.cate[movie] = first
+        if title:
+            info.text[movie] = title
     return info, errors
 
 
