@@ -21,6 +21,7 @@ setup(
         "numpy>=1.26",
         "absl-py>=2.1",
         "tensorboard>=2.20",  # tensorflow-cpu 2.21 no longer pulls it in; Keras' TensorBoard callback needs it
+        "matplotlib>=3.8",  # run.compare / run.inspect figures (Agg backend, no display needed)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF}"],

@@ -16,7 +16,9 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 FLAGS = flags.FLAGS
 
 # ------------------------------------------------------------------------------------------- run / data
-flags.DEFINE_string("model", "din", "Model: din, mm_concat, dmae, diff_msin.")
+flags.DEFINE_string("model", "din", "Model: din, mm_concat, dmae, diff_msin; baselines: lr, fm, deepfm, wide_deep, "
+                    "youtubenet, gru4rec, bst, simtier.")
+flags.DEFINE_list("models", None, "Commands that run several models (run.compare, run.bench): registry names.")
 flags.DEFINE_string("backbone", None, "Sequence backbone for plugin models (din default).")
 flags.DEFINE_string("dataset", "synthetic", "synthetic (generated on first use), a converted dataset name, or a path.")
 flags.DEFINE_string("data_dir", "tfrecords", "Where converted datasets live.")
@@ -77,6 +79,10 @@ HPARAM_FLAGS = {
     "use_mfe": flags.DEFINE_bool("use_mfe", None, "Diff-MSIN: false = w/o MFE (with use_src=false: w/o MFE and SRC)."),
     "use_src": flags.DEFINE_bool("use_src", None, "Diff-MSIN: false = w/o SRC."),
     "use_fdaf": flags.DEFINE_bool("use_fdaf", None, "Diff-MSIN: false = w/o FDAF."),
+    # Baselines (mmctr_tf/models/baselines.py)
+    "gru_units": flags.DEFINE_integer("gru_units", None, "GRU4Rec: GRU hidden size (default: history width)."),
+    "simtier_eps": flags.DEFINE_float("simtier_eps", None, "SimTier: width of the cosine bins over [-1, 1]."),
+    "simtier_dim": flags.DEFINE_integer("simtier_dim", None, "SimTier: size of each bin's learnable vector."),
 }
 
 
@@ -118,6 +124,19 @@ def model_hparams(model: str) -> dict:
     return out
 
 
+def accepted_model_hparams(model: str, log=print) -> dict:
+    """`model_hparams(model)` restricted to what the model takes (for commands that run several models, where a
+    hyper-parameter flag applies to every model that takes it); the flags a model does not take are reported."""
+    from mmctr_tf.models import accepted_hparams, model_class
+
+    hp = model_hparams(model)
+    ok = accepted_hparams(model_class(model))
+    dropped = sorted(set(hp) - ok)
+    if dropped:
+        log(f"[{model}] does not take {', '.join('--' + d for d in dropped)}; not applied to it")
+    return {k: v for k, v in hp.items() if k in ok}
+
+
 def check_hparams(model: str, hparams: dict) -> None:
     from mmctr_tf.models import accepted_hparams, model_class
 
@@ -155,6 +174,17 @@ def with_config_files(argv):
 def parse_with_configs(argv):
     """absl `flags_parser` for app.run: reads config files, then the command line."""
     return FLAGS(with_config_files(argv))
+
+
+def parse_for_several_models(argv):
+    """absl `flags_parser` for commands that run several models (run.compare, run.bench): like
+    `parse_with_configs` but without configs/models/<--model>.cfg, because each model's own config is read by
+    `model_hparams(model)` and one model's file must not become explicit flags for all of them."""
+    full = with_config_files(argv)
+    inserted = full[1:len(full) - len(argv) + 1]
+    model_dir = os.path.join(CONFIG_DIR, "models") + os.sep
+    kept = [a for a in inserted if not a.startswith(f"--flagfile={model_dir}")]
+    return FLAGS(argv[:1] + kept + argv[1:])
 
 
 def train_config(**overrides):

@@ -2,6 +2,8 @@
 
   python -m run.make_data --dataset=synthetic [--num_users=... --num_items=... --seed=...]
   python -m run.make_data --dataset=synthetic_industrial
+  python -m run.make_data --dataset=synthetic_scale [--num_users=1000000 --num_items=200000
+                          --impressions_per_user=10 --chunk_users=20000]      (chunked: bounded memory)
   python -m run.make_data --dataset=electro --raw_dir=raw/electro          (books, clothing, home, arts alike)
   python -m run.make_data --dataset=movielens --raw_dir=raw/movielens
   python -m run.make_data --dataset=scientific --raw_dir=../shared/data/amazon-scientific
@@ -20,14 +22,15 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "synthetic", "synthetic | synthetic_industrial | a real dataset name.")
+flags.DEFINE_string("dataset", "synthetic", "synthetic | synthetic_industrial | synthetic_scale | a real dataset "
+                    "name.")
 flags.DEFINE_string("data_dir", "tfrecords", "Where converted datasets live.")
 flags.DEFINE_string("raw_dir", None, "Folder with the raw files of a real dataset.")
 flags.DEFINE_string("out_dir", None, "Output directory (default <data_dir>/<dataset>).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("seq_len", None, "History length L (default 50; 64 in the DMAE industrial setup).")
 flags.DEFINE_enum("table_dtype", "float32", ["float32", "float16", "int8"], "Storage dtype of vector tables.")
-flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.")
+flags.DEFINE_integer("num_shards", None, "TFRecord shards per split (default 4; synthetic_scale 8).")
 flags.DEFINE_enum("compression", "GZIP", ["GZIP", "none"], "TFRecord compression.")
 # synthetic generator sizes
 flags.DEFINE_integer("num_users", None, "synthetic: users.")
@@ -36,6 +39,8 @@ flags.DEFINE_integer("num_cates", None, "synthetic: categories.")
 flags.DEFINE_integer("impressions_per_user", None, "synthetic: impressions per user.")
 flags.DEFINE_integer("dim", None, "synthetic: dimension of each modality's vectors.")
 flags.DEFINE_integer("num_days", None, "synthetic_industrial: days (last = test, second-to-last = validation).")
+flags.DEFINE_integer("chunk_users", None, "synthetic: generate and write users in chunks of this size (bounded "
+                     "memory; default 0 = all at once, synthetic_scale 20000).")
 # real-dataset converters (mmctr_tf/data/converters, docs/datasets.md)
 flags.DEFINE_enum("converter", "auto", ["auto", "amazon", "movielens", "generic"],
                   "Converter for a real dataset (auto: by --dataset name, else by the files in --raw_dir).")
@@ -58,6 +63,11 @@ flags.DEFINE_list("vectors", [], "Frozen vectors: modality=path.npy[@item_list] 
                   "binary), comma separated. Item list: text (one raw id per line) or .npy of raw ids; "
                   "generic converter: default alignment = rows of the items file.")
 flags.DEFINE_integer("pca_dim", 0, "Reduce every vector table to this dimension with PCA (0 = keep).")
+flags.DEFINE_integer("partition_events", 2_000_000, "Real datasets: users are converted in partitions of about this "
+                     "many events (memory: one partition; each partition writes its own shards).")
+flags.DEFINE_boolean("resume", True, "Real datasets: stage the output in .<name>.partial/ and, after a kill or "
+                     "failure, resume from the partitions already written (--noresume: start from scratch and "
+                     "leave nothing behind on failure).")
 flags.DEFINE_string("interactions", None, "generic: the interaction log (.csv[.gz] or .parquet).")
 flags.DEFINE_string("items", None, "generic: the items file (.csv[.gz] or .parquet).")
 flags.DEFINE_string("file_prefix", None, "generic: prefix of interactions.csv / items.csv / *_vectors.npy.")
@@ -103,8 +113,9 @@ def convert_real(out_dir: str, compression: str) -> dict:
                           user_col=FLAGS.user_col, item_col=FLAGS.item_col, time_col=FLAGS.time_col,
                           category_col=FLAGS.category_col, category_split=FLAGS.category_split,
                           category_regex=FLAGS.category_regex, text_col=FLAGS.text_col)
-    write = converters.WriteConfig(num_shards=FLAGS.num_shards, compression=compression,
-                                   table_dtype=FLAGS.table_dtype, pca_dim=FLAGS.pca_dim)
+    write = converters.WriteConfig(num_shards=FLAGS.num_shards or 4, compression=compression,
+                                   table_dtype=FLAGS.table_dtype, pca_dim=FLAGS.pca_dim,
+                                   partition_events=FLAGS.partition_events, resume=FLAGS.resume)
     return converters.convert(
         FLAGS.dataset, FLAGS.raw_dir, out_dir, converter=FLAGS.converter, overrides=overrides, write=write,
         vector_specs=FLAGS.vectors, amazon_stem=FLAGS.amazon_stem, category_level=FLAGS.category_level,
@@ -116,13 +127,14 @@ def main(argv):
     del argv
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.data_dir, FLAGS.dataset)
     compression = "" if FLAGS.compression == "none" else FLAGS.compression
-    if FLAGS.dataset in ("synthetic", "synthetic_industrial"):
+    if FLAGS.dataset in ("synthetic", "synthetic_industrial", "synthetic_scale"):
         from mmctr_tf.data import synthetic
 
         overrides = {f: FLAGS[f].value for f in ("num_users", "num_items", "num_cates", "impressions_per_user",
-                                                  "dim", "num_days", "seq_len") if FLAGS[f].value is not None}
+                                                  "dim", "num_days", "seq_len", "chunk_users", "num_shards")
+                     if FLAGS[f].value is not None}
         cfg = synthetic.config_for(FLAGS.dataset, seed=FLAGS.seed, table_dtype=FLAGS.table_dtype,
-                                   num_shards=FLAGS.num_shards, compression=compression, **overrides)
+                                   compression=compression, **overrides)
         manifest = synthetic.build(out_dir, cfg)
     else:
         from mmctr_tf.data.converters import RawFilesMissing

@@ -17,13 +17,14 @@ def main(argv):
     del argv
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
+    from mmctr_tf.training.callbacks import NonFiniteLossError
     from mmctr_tf.training.trainer import train
 
     hparams = common.hparams_from_flags()
     try:
         common.check_hparams(FLAGS.model, hparams)
         train(common.train_config(), hparams)
-    except (SchemaError, ValueError, FileNotFoundError) as e:
+    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError) as e:
         return common.fail(f"run.train: {e}")
     return 0
 

@@ -135,7 +135,7 @@ def test_mfe_registers_con_loss_only_when_training():
     mfe = MultimodalExperts(["id", "text"], units=4, con_weight=0.5)
     x = {"id": tf.ones([2, 3]), "text": tf.zeros([2, 5])}
     out = mfe(x)
-    assert set(out) == {"expert", "share", "shared", "fused"} and not mfe.losses
+    assert set(out) == {"expert", "share", "shared", "fused", "gate"} and not mfe.losses
     mfe(x, training=True)
     (weighted,) = mfe.losses
     np.testing.assert_allclose(weighted.numpy(), 0.5 * mfe.con_loss_tracker.result().numpy(), rtol=1e-6)

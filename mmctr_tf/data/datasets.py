@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from mmctr_tf.data import schema as schema_lib
 from mmctr_tf.data import tables as tables_lib
@@ -59,8 +59,12 @@ class Dataset:
         return int(self.manifest["splits"][split]["examples"])
 
     def tf_dataset(self, split: str, batch_size: int, *, shuffle: bool = False, seed: Optional[int] = None,
-                   repeat: bool = False, drop_remainder: bool = False, with_label: bool = True, files=None):
+                   repeat: bool = False, drop_remainder: bool = False, with_label: bool = True, files=None,
+                   shard: Optional[Tuple[int, int]] = None):
+        """`shard=(num_shards, index)` reads one part of the split (see `make_dataset`)."""
+        num_shards, shard_index = shard or (1, 0)
         return make_dataset(files if files is not None else self.files(split), self.schema, batch_size,
                             compression=self.compression, shuffle=shuffle, seed=seed, repeat=repeat,
                             drop_remainder=drop_remainder, with_label=with_label,
-                            num_examples=self.examples(split) if files is None else None)
+                            num_examples=self.examples(split) if files is None and num_shards == 1 else None,
+                            num_shards=num_shards, shard_index=shard_index)

@@ -72,14 +72,24 @@ class SyntheticConfig:
     num_shards: int = 4
     compression: str = "GZIP"
     seed: int = 0
+    chunk_users: int = 0  # > 0: generate and write users in chunks of this size (bounded memory; `generate_chunks`)
 
 
 def config_for(dataset: str, **overrides) -> SyntheticConfig:
-    """Generator settings of the named synthetic datasets: `synthetic` (default variant, L = 50) and
-    `synthetic_industrial` (requests, days, L = 64 as in the DMAE industrial setup)."""
+    """Generator settings of the named synthetic datasets: `synthetic` (default variant, L = 50),
+    `synthetic_industrial` (requests, days, L = 64 as in the DMAE industrial setup) and `synthetic_scale` (the
+    default variant at 1M users / 200k items / 10M examples, chunked: `SCALE_PRESET`)."""
     if dataset == "synthetic_industrial":
         overrides = {"variant": "industrial", "seq_len": 64, **overrides}
+    elif dataset == "synthetic_scale":
+        overrides = {**SCALE_PRESET, **overrides}
     return dataclasses.replace(SyntheticConfig(), **overrides)
+
+
+# `synthetic_scale`: the default story at a large size (1M users, 200k items, 10 impressions per user = 10M
+# examples), generated in chunks of users so memory stays bounded; sizes can be overridden (run.make_data flags).
+SCALE_PRESET = {"num_users": 1_000_000, "num_items": 200_000, "num_cates": 100, "impressions_per_user": 10,
+                "chunk_users": 20_000, "num_shards": 8}
 
 
 def _click_logit(cfg: SyntheticConfig, w: Dict[str, np.ndarray], users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -95,11 +105,8 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def generate(cfg: SyntheticConfig):
-    """Returns (schema, split columns, vector tables as float arrays + present masks, world) in memory."""
-    if cfg.variant not in ("default", "industrial"):
-        raise ValueError(f"synthetic: unknown variant '{cfg.variant}' (default | industrial)")
-    rng = np.random.default_rng(cfg.seed)
+def _world(cfg: SyntheticConfig, rng: np.random.Generator):
+    """Item and user parameters of the click model and the frozen vectors (+ present masks); O(items + users)."""
     I, U = cfg.num_items, cfg.num_users
     # Items are 1..I (0 is padding); arrays below are indexed by item id, row 0 unused.
     ranks = rng.permutation(I) + 1.0
@@ -130,42 +137,56 @@ def generate(cfg: SyntheticConfig):
     for name in present:
         present[name][0] = False
         vectors[name][~present[name]] = 0.0
+    return w, vectors, present
 
-    # Click histories: popularity-weighted exposures accepted with the click probability, in time order.
+
+def _histories(cfg: SyntheticConfig, w, user_idx: np.ndarray, rng: np.random.Generator):
+    """Click histories of the users `user_idx` (0-based): popularity-weighted exposures accepted with the click
+    probability, in time order. Returns (hists [n, max_hist] item ids, hist_n [n])."""
+    I, U = cfg.num_items, len(user_idx)
     n_cand = max(8 * cfg.max_hist, 200)
     hist_target = rng.integers(cfg.min_hist, cfg.max_hist + 1, U)
     hists = np.zeros((U, cfg.max_hist), np.int64)
     hist_n = np.zeros(U, np.int64)
     for start in range(0, U, 2048):
-        users = np.arange(start, min(U, start + 2048))
-        cand = rng.choice(I + 1, size=(len(users), n_cand), p=pop)
+        local = np.arange(start, min(U, start + 2048))
+        users = user_idx[local]
+        cand = rng.choice(I + 1, size=(len(users), n_cand), p=w["pop"])
         p = _sigmoid(_click_logit(cfg, w, users[:, None], cand))
         acc = rng.random(p.shape) < p
         order = np.argsort(~acc, axis=1, kind="stable")
         clicked = np.take_along_axis(cand, order, axis=1)[:, : cfg.max_hist]
-        n = np.minimum(acc.sum(1), hist_target[users])
+        n = np.minimum(acc.sum(1), hist_target[local])
         clicked[np.arange(cfg.max_hist)[None, :] >= n[:, None]] = 0
-        hists[users] = clicked
-        hist_n[users] = n
+        hists[local] = clicked
+        hist_n[local] = n
+    return hists, hist_n
 
+
+def _impressions(cfg: SyntheticConfig, w, user_idx: np.ndarray, hists: np.ndarray, hist_n: np.ndarray,
+                 rng: np.random.Generator, first_request: int = 1):
+    """Impression columns of the users `user_idx` (whose histories are `hists`, `hist_n`) and each row's split
+    index (0 train, 1 valid, 2 test). Request ids start at `first_request`."""
+    U = len(user_idx)
     # Impressions: E per user at increasing history positions tau; targets from a flattened popularity.
     E = cfg.impressions_per_user
     per_request = cfg.items_per_request if cfg.variant == "industrial" else 1
     n_req = max(1, E // per_request)
-    req_user = np.repeat(np.arange(U), n_req)
+    req_local = np.repeat(np.arange(U), n_req)
     frac = np.sort(rng.random((U, n_req)), axis=1).reshape(-1)
-    n_u = hist_n[req_user]
+    n_u = hist_n[req_local]
     lo = np.minimum(cfg.min_hist, n_u)  # impressions start once the user has a few behaviours ...
     tau = np.minimum(lo + np.floor(frac * (n_u - lo + 1)).astype(np.int64), n_u)
     tau[rng.random(len(tau)) < cfg.cold_start_rate] = 0  # ... except some cold-start requests (hist_len 0)
-    exp_p = pop ** 0.6
+    exp_p = w["pop"] ** 0.6
     exp_p[0] = 0
     exp_p /= exp_p.sum()
-    users = np.repeat(req_user, per_request)
+    local = np.repeat(req_local, per_request)
+    users = user_idx[local]
     taus = np.repeat(tau, per_request)
-    req_ids = np.repeat(np.arange(1, len(req_user) + 1), per_request)
+    req_ids = np.repeat(np.arange(first_request, first_request + len(req_local)), per_request)
     fracs = np.repeat(frac, per_request)
-    targets = rng.choice(I + 1, size=len(users), p=exp_p)
+    targets = rng.choice(cfg.num_items + 1, size=len(users), p=exp_p)
     p_true = _sigmoid(_click_logit(cfg, w, users, targets))
     labels = (rng.random(len(users)) < p_true).astype(np.float32)
 
@@ -174,7 +195,7 @@ def generate(cfg: SyntheticConfig):
     start = taus - hist_len
     pos = start[:, None] + np.arange(L)[None, :]
     valid = np.arange(L)[None, :] < hist_len[:, None]
-    hist_item = np.where(valid, hists[users[:, None], np.minimum(pos, cfg.max_hist - 1)], 0)
+    hist_item = np.where(valid, hists[local[:, None], np.minimum(pos, cfg.max_hist - 1)], 0)
     hist_cate = np.where(valid, w["item_cate"][hist_item], 0)
 
     cols = {
@@ -191,36 +212,119 @@ def generate(cfg: SyntheticConfig):
         # rank of each impression within its user (impressions are already time-ordered per user)
         rank = np.tile(np.arange(E), U)[: len(users)]
         split_of = np.where(rank >= int(round(0.9 * E)), 2, np.where(rank >= int(round(0.8 * E)), 1, 0))
-    splits = {name: {k: v[split_of == i] for k, v in cols.items()} for i, name in enumerate(SPLITS)}
+    return cols, split_of
 
-    schema = Schema(
-        seq_len=L,
-        vocab={"user_id": U + 1, "item_id": I + 1, "cate_id": cfg.num_cates + 1},
+
+def _schema(cfg: SyntheticConfig) -> Schema:
+    return Schema(
+        seq_len=cfg.seq_len,
+        vocab={"user_id": cfg.num_users + 1, "item_id": cfg.num_items + 1, "cate_id": cfg.num_cates + 1},
         modalities={"text": cfg.dim, "image": cfg.dim},
         optional=("request_id", "ts") if cfg.variant == "industrial" else (),
     )
-    return schema, splits, vectors, present, w
+
+
+def _check_variant(cfg: SyntheticConfig) -> None:
+    if cfg.variant not in ("default", "industrial"):
+        raise ValueError(f"synthetic: unknown variant '{cfg.variant}' (default | industrial)")
+
+
+def generate(cfg: SyntheticConfig):
+    """Returns (schema, split columns, vector tables as float arrays + present masks, world) in memory.
+
+    One random stream for everything (world, then every user's history, then every impression): the data of a
+    given config never changes. `chunk_users` is ignored here (see `generate_chunks`)."""
+    _check_variant(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    w, vectors, present = _world(cfg, rng)
+    users = np.arange(cfg.num_users)
+    hists, hist_n = _histories(cfg, w, users, rng)
+    cols, split_of = _impressions(cfg, w, users, hists, hist_n, rng)
+    splits = {name: {k: v[split_of == i] for k, v in cols.items()} for i, name in enumerate(SPLITS)}
+    return _schema(cfg), splits, vectors, present, w
+
+
+def generate_chunks(cfg: SyntheticConfig):
+    """Streaming variant for large sizes: (schema, vectors, present, world, iterator of per-chunk split columns).
+
+    The world (item/user parameters, vectors: O(items + users)) is drawn from `seed`; then users are generated in
+    chunks of `chunk_users`, chunk c from its own stream `default_rng([seed, 1, c])`, so memory is bounded by one
+    chunk's examples and a chunk's data does not depend on the chunk before it. Same generative story and click
+    model as `generate`, but other random draws: a chunked dataset differs from the unchunked one of the same
+    config (statistics alike)."""
+    _check_variant(cfg)
+    if cfg.chunk_users < 1:
+        raise ValueError(f"synthetic: chunk_users must be >= 1 for the chunked generator, got {cfg.chunk_users}")
+    rng = np.random.default_rng(cfg.seed)
+    w, vectors, present = _world(cfg, rng)
+    per_request = cfg.items_per_request if cfg.variant == "industrial" else 1
+    n_req = max(1, cfg.impressions_per_user // per_request)
+
+    def chunks():
+        for c, a in enumerate(range(0, cfg.num_users, cfg.chunk_users)):
+            crng = np.random.default_rng([cfg.seed, 1, c])
+            users = np.arange(a, min(cfg.num_users, a + cfg.chunk_users))
+            hists, hist_n = _histories(cfg, w, users, crng)
+            cols, split_of = _impressions(cfg, w, users, hists, hist_n, crng, first_request=1 + a * n_req)
+            del hists
+            yield {name: {k: v[split_of == i] for k, v in cols.items()} for i, name in enumerate(SPLITS)}
+
+    return _schema(cfg), vectors, present, w, chunks()
 
 
 def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
-    """Generates the dataset into `out_dir` (atomically: a temp dir renamed at the end) and returns the manifest."""
+    """Generates the dataset into `out_dir` (atomically: a temp dir renamed at the end) and returns the manifest.
+
+    With `cfg.chunk_users > 0` users are generated and written chunk by chunk (`generate_chunks`): memory holds
+    the world, one chunk's examples and each split's labels + true probabilities (for the Bayes AUC)."""
     t0 = time.time()
-    schema, splits, vectors, present, _ = generate(cfg)
+    chunked = cfg.chunk_users > 0
+    if chunked:
+        schema, vectors, present, _, chunks = generate_chunks(cfg)
+    else:
+        schema, splits, vectors, present, _ = generate(cfg)
+        chunks = iter([splits])
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     manifest = {"name": os.path.basename(out_dir.rstrip("/")), "source": "synthetic",
                 "generator": dataclasses.asdict(cfg), "schema": schema.to_dict(),
                 "compression": cfg.compression or "", "splits": {}, "tables": {}}
-    for split, cols in splits.items():
-        with ShardedWriter(tmp, split, schema, cfg.num_shards, cfg.compression) as wr:
-            wr.write(cols)
-        entry = wr.summary()
-        n = len(cols["label"])
-        entry["positive_rate"] = float(cols["label"].mean()) if n else 0.0
-        entry["bayes_auc"] = float(exact_auc(cols["label"], cols["p_true"])) if n else float("nan")
-        entry["users"] = int(len(np.unique(cols["user_id"])))
+    writers = {s: ShardedWriter(tmp, s, schema, cfg.num_shards, cfg.compression) for s in SPLITS}
+    labels = {s: [] for s in SPLITS}
+    p_true = {s: [] for s in SPLITS}
+    users = {s: 0 for s in SPLITS}
+    done = 0
+    try:
+        for c, block in enumerate(chunks):
+            for split, cols in block.items():
+                writers[split].write(cols)
+                labels[split].append(cols["label"].astype(np.float32))
+                p_true[split].append(cols["p_true"].astype(np.float32) if chunked else cols["p_true"])
+                # chunks hold disjoint users, so per-chunk counts add up
+                users[split] += int(len(np.unique(cols["user_id"])))
+            if chunked:
+                done = min(cfg.num_users, done + cfg.chunk_users)
+                if c % 10 == 9 or done == cfg.num_users:
+                    log(f"[synthetic] {done}/{cfg.num_users} users, "
+                        f"{sum(w.count for w in writers.values())} examples, {time.time() - t0:.0f} s")
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for split in SPLITS:
+        entry = writers[split].summary()
+        y = np.concatenate(labels[split]) if labels[split] else np.zeros(0, np.float32)
+        p = np.concatenate(p_true[split]) if p_true[split] else np.zeros(0, np.float32)
+        n = len(y)
+        entry["positive_rate"] = float(y.mean()) if n else 0.0
+        entry["bayes_auc"] = float(exact_auc(y, p)) if n else float("nan")
+        entry["users"] = users[split]
         manifest["splits"][split] = entry
+    del labels, p_true
     for name, v in vectors.items():
         table = tables_lib.quantize(v, present[name], cfg.table_dtype)
         manifest["tables"][name] = tables_lib.save_table(os.path.join(tmp, "tables"), name, table)

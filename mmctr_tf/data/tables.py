@@ -42,6 +42,11 @@ class VectorTable:
     def dtype(self) -> str:
         return str(self.values.dtype)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored table (values + scale + present), as held in memory and in the `.npy` payloads."""
+        return int(self.values.nbytes + self.present.nbytes + (self.scale.nbytes if self.scale is not None else 0))
+
     def dequantize(self) -> np.ndarray:
         """float32 [V, d] view of the table."""
         if self.values.dtype == np.int8:
@@ -49,33 +54,43 @@ class VectorTable:
         return self.values.astype(np.float32)
 
 
-def quantize(vectors: np.ndarray, present: Optional[np.ndarray] = None, dtype: str = "float32") -> VectorTable:
+def quantize(vectors: np.ndarray, present: Optional[np.ndarray] = None, dtype: str = "float32",
+             block: int = 65536) -> VectorTable:
     """Builds a table from float vectors [V, d] (row 0 must be padding).
 
-    int8 uses symmetric per-row scaling: scale = max|v| / 127, q = round(v / scale).
+    int8 uses symmetric per-row scaling: scale = max|v| / 127, q = round(v / scale). Work is done in blocks of
+    `block` rows, so quantizing a large table (e.g. 2M x 128) needs little memory beyond its input and output.
     """
-    vectors = np.asarray(vectors, dtype=np.float32)
+    if dtype not in DTYPES:
+        raise SchemaError(f"vector table: unknown dtype '{dtype}' (choose one of {', '.join(DTYPES)})")
+    vectors = np.asarray(vectors)
     if vectors.ndim != 2:
         raise SchemaError(f"vector table: expected a [rows, dim] array, got shape {vectors.shape}")
-    if not np.all(np.isfinite(vectors)):
-        bad = np.argwhere(~np.isfinite(vectors))[0]
-        raise SchemaError(f"vector table: non-finite value at row {bad[0]}, column {bad[1]}")
-    if present is None:
-        present = np.any(vectors != 0, axis=1)
-    present = np.asarray(present, dtype=bool).copy()
-    present[0] = False
-    vectors = vectors.copy()
-    vectors[~present] = 0.0
-    if dtype == "float32":
-        return VectorTable(vectors, present)
-    if dtype == "float16":
-        return VectorTable(vectors.astype(np.float16), present)
-    if dtype == "int8":
-        amax = np.max(np.abs(vectors), axis=1)
-        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        q = np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8)
-        return VectorTable(q, present, scale)
-    raise SchemaError(f"vector table: unknown dtype '{dtype}' (choose one of {', '.join(DTYPES)})")
+    V, d = vectors.shape
+    given = present is not None
+    present = np.asarray(present, dtype=bool).copy() if given else np.zeros(V, bool)
+    out = np.empty((V, d), np.int8 if dtype == "int8" else np.dtype(dtype))
+    scale = np.ones(V, np.float32) if dtype == "int8" else None
+    for s in range(0, V, block):
+        blk = np.asarray(vectors[s:s + block], dtype=np.float32)
+        finite = np.isfinite(blk)
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            raise SchemaError(f"vector table: non-finite value at row {s + bad[0]}, column {bad[1]}")
+        if not given:
+            present[s:s + block] = np.any(blk != 0, axis=1)
+        if s == 0:
+            present[0] = False
+        blk = np.where(present[s:s + block, None], blk, np.float32(0))
+        if dtype == "int8":
+            amax = np.max(np.abs(blk), axis=1)
+            sc = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            out[s:s + block] = np.clip(np.rint(blk / sc[:, None]), -127, 127).astype(np.int8)
+            scale[s:s + block] = sc
+        else:
+            out[s:s + block] = blk
+    present[:1] = False
+    return VectorTable(out, present, scale)
 
 
 def _paths(table_dir: str, modality: str) -> Dict[str, str]:

@@ -29,12 +29,22 @@ class TargetAttention(keras.layers.Layer):
         self.normalization = normalization
         self.mlp = MLP(self.units, activation=activation, output_units=1)
 
+    def build(self, query_shape, keys_shape, mask_shape=None, values_shape=None):
+        self.mlp.build((None, None, 4 * int(keys_shape[-1])))
+
+    def first_layer(self, query, keys):
+        """W [q ; k ; q - k ; q * k] + b of the MLP's first Dense layer, computed as
+        q (W_q + W_d) + k (W_k - W_d) + (q * k) W_p + b: equal to the concatenated form, but the query part is
+        computed once per example instead of once per history slot and the [B, L, 4d] input is never built."""
+        dense = self.mlp.dense[0]
+        w_q, w_k, w_d, w_p = tf.split(tf.convert_to_tensor(dense.kernel), 4, axis=0)
+        per_example = tf.matmul(query, w_q + w_d) + dense.bias  # [B, u]
+        per_slot = tf.einsum("bld,du->blu", keys, w_k - w_d) + tf.einsum("bld,du->blu", query[:, None, :] * keys, w_p)
+        return per_slot + per_example[:, None, :]
+
     def call(self, query, keys, mask, values=None, training=None):
         values = keys if values is None else values
-        L = tf.shape(keys)[1]
-        q = tf.repeat(query[:, None, :], L, axis=1)
-        x = tf.concat([q, keys, q - keys, q * keys], axis=-1)
-        scores = self.mlp(x, training=training)[..., 0]  # [B, L]
+        scores = self.mlp.after_first_dense(self.first_layer(query, keys), training=training)[..., 0]  # [B, L]
         if self.normalization == "softmax":
             scores = tf.where(mask, scores, tf.fill(tf.shape(scores), -1e9))
             weights = tf.nn.softmax(scores, axis=-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 
 from mmctr_tf.layers.attention import TargetAttention
+from mmctr_tf.layers.baselines import GRUBackbone, MeanPoolingBackbone
 from mmctr_tf.layers.bst import BSTBackbone
 from mmctr_tf.layers.core import serializable
 
@@ -36,7 +37,7 @@ class DINBackbone(keras.layers.Layer):
                 "att_normalization": self.att_normalization}
 
 
-BACKBONES = {"din": DINBackbone, "bst": BSTBackbone}
+BACKBONES = {"din": DINBackbone, "bst": BSTBackbone, "youtubenet": MeanPoolingBackbone, "gru4rec": GRUBackbone}
 
 
 def make_backbone(name: str, **kwargs):

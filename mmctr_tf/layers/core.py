@@ -84,12 +84,30 @@ class MLP(keras.layers.Layer):
         self.drops = [keras.layers.Dropout(self.dropout) for _ in self.units] if self.dropout > 0 else []
         self.out = keras.layers.Dense(self.output_units) if self.output_units else None
 
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for dense, act in zip(self.dense, self.acts):
+            dense.build(shape)
+            shape = shape[:-1] + (dense.units,)
+            act.build(shape)
+        if self.out is not None:
+            self.out.build(shape)
+
     def call(self, x, training=None):
-        for i, dense in enumerate(self.dense):
-            x = self.acts[i](dense(x), training=training) if self.activation == "dice" else self.acts[i](dense(x))
+        if not self.dense:
+            return self.out(x) if self.out is not None else x
+        return self.after_first_dense(self.dense[0](x), training=training)
+
+    def after_first_dense(self, h, training=None):
+        """The MLP from the output of its first Dense layer on (lets a caller compute that layer's affine map in a
+        cheaper, mathematically equal way, see `TargetAttention`)."""
+        for i in range(len(self.dense)):
+            if i:
+                h = self.dense[i](h)
+            h = self.acts[i](h, training=training) if self.activation == "dice" else self.acts[i](h)
             if self.drops:
-                x = self.drops[i](x, training=training)
-        return self.out(x) if self.out is not None else x
+                h = self.drops[i](h, training=training)
+        return self.out(h) if self.out is not None else h
 
     def get_config(self):
         return {**super().get_config(), "units": list(self.units), "activation": self.activation,

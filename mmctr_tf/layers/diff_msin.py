@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from mmctr_tf.layers.core import MLP, safe_cosine, serializable
 from mmctr_tf.layers.cross import CrossLayer
+from mmctr_tf.layers.mha import MultiHeadCrossAttention
 
 
 # ------------------------------------------------------------------------------------------- pure functions
@@ -151,16 +152,16 @@ class MultimodalExperts(keras.layers.Layer):
         expert = {m: self.experts[m](inputs[m]) for m in self.modalities_}
         share = {m: self.shared_experts[m](inputs[m]) for m in self.modalities_}
         shared = tf.add_n(list(share.values())) / float(len(share))
-        fused = {}
+        fused, gate = {}, {}
         for m in self.modalities_:
-            w = self.gates[m](expert[m])
+            w = gate[m] = self.gates[m](expert[m])
             fused[m] = w * expert[m] + (1.0 - w) * shared
         if training and self.con_weight > 0:
             loss = contrastive_loss([shared] + [expert[m] for m in self.modalities_],
                                     [share[m] for m in self.modalities_])
             self.add_loss(self.con_weight * loss)
             self.con_loss_tracker.update_state(loss)
-        return {"expert": expert, "share": share, "shared": shared, "fused": fused}
+        return {"expert": expert, "share": share, "shared": shared, "fused": fused, "gate": gate}
 
     def get_config(self):
         return {**super().get_config(), "modalities": list(self.modalities_), "units": self.units,
@@ -177,7 +178,7 @@ class SynergyDiffusion(keras.layers.Layer):
     step first):
       x^m     = sqrt(a_t) h^m + sqrt(1 - a_t) eps^m          eq. (10), eps ~ N(0, I) only when training;
                                                              at inference eps = 0 (deterministic serving)
-      eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n)    eq. (11), CI = MultiHeadAttention(query x^m,
+      eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n)    eq. (11), CI = multi-head attention (query x^m,
                                                              key = value x^n, n's padding masked)
       h^m     = (x^m - c_t eps_hat^m) / sqrt(a_t)          eq. (11), c_t = sqrt(1 - a_t) ("paper") or the
                                                              DDPM factor (1 - a_t) / sqrt(1 - abar_t) ("ddpm")
@@ -185,11 +186,13 @@ class SynergyDiffusion(keras.layers.Layer):
     the same expected scale and the states are not inflated by prod 1/sqrt(a_t).
 
     alpha_{m,n}: one learnable scalar per ordered pair, initialised to 0.5 (the paper: "learned parameters").
-    CI: ONE `keras.layers.MultiHeadAttention(num_heads, hidden // num_heads)` shared by all ordered pairs and all
-    T steps: eq. (11) writes a single function CI(h^m, h^n) = Attention(h^m, h^n, h^n), and the pair-specific
-    part is alpha_{m,n} (one denoiser for every step, as in diffusion models). All pairs go through it in one
-    call per step (pairs stacked along the batch axis), which keeps the graph small. Invalid query positions
-    are kept at 0.
+    CI: ONE `MultiHeadCrossAttention(num_heads, hidden // num_heads)` (layers/mha.py) shared by all ordered
+    pairs and all T steps: eq. (11) writes a single function CI(h^m, h^n) = Attention(h^m, h^n, h^n), and the
+    pair-specific part is alpha_{m,n} (one denoiser for every step, as in diffusion models). Per step, each
+    modality's query / key / value projections are computed once (not once per pair), the attention cores of
+    all pairs run in one batched call (pairs stacked along the batch axis), and because the output projection
+    is linear, sum_n alpha_{m,n} CI(x^m, x^n) is projected once per modality:
+    (sum_n alpha_{m,n} o_{m,n}) W_o + (sum_n alpha_{m,n}) b_o. Invalid query positions are kept at 0.
 
     The T steps run in one `tf.while_loop` (`unroll=False`, graph size independent of T, XLA-compilable) or
     unrolled in Python (`unroll=True`); both compute the same function. Noise per step is drawn with
@@ -216,7 +219,7 @@ class SynergyDiffusion(keras.layers.Layer):
         alphas, bars = noise_schedule(self.steps, schedule, self.alpha_start, self.alpha_end)
         self.alphas, self.alpha_bars = alphas, bars  # float64 numpy [T], t = 1..T
         self.pairs = [(m, n) for m in self.modalities_ for n in self.modalities_ if n != m]
-        self.ci = keras.layers.MultiHeadAttention(self.num_heads, max(1, self.hidden // self.num_heads), name="ci")
+        self.ci = MultiHeadCrossAttention(self.num_heads, max(1, self.hidden // self.num_heads), name="ci")
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, tokens_shape):
@@ -238,14 +241,18 @@ class SynergyDiffusion(keras.layers.Layer):
         if not self.pairs:
             return [tf.zeros_like(v) for v in x]
         idx = {m: i for i, m in enumerate(self.modalities_)}
-        query = tf.concat([x[idx[m]] for m, _ in self.pairs], axis=0)  # [P * B, S, d]
-        value = tf.concat([x[idx[n]] for _, n in self.pairs], axis=0)
+        q, k, v = ([self.ci.project(h, which) for h in x] for which in ("query", "key", "value"))
+        query = tf.concat([q[idx[m]] for m, _ in self.pairs], axis=0)  # [P * B, H, S, d_k]
+        key = tf.concat([k[idx[n]] for _, n in self.pairs], axis=0)
+        value = tf.concat([v[idx[n]] for _, n in self.pairs], axis=0)
         vmask = None if masks is None else tf.concat([masks[idx[n]] for _, n in self.pairs], axis=0)
-        att = tf.split(self.ci(query, value, value_mask=vmask), len(self.pairs), axis=0)
-        out = [tf.zeros_like(v) for v in x]
-        for k, (m, _) in enumerate(self.pairs):
-            out[idx[m]] = out[idx[m]] + self.pair_coef[k] * att[k]
-        return out
+        att = tf.split(self.ci.attend(query, key, value, vmask), len(self.pairs), axis=0)  # P x [B, S, H d_k]
+        mixed, coef = [None] * len(x), [0.0] * len(x)
+        for p, (m, _) in enumerate(self.pairs):
+            term = self.pair_coef[p] * att[p]
+            mixed[idx[m]] = term if mixed[idx[m]] is None else mixed[idx[m]] + term
+            coef[idx[m]] = coef[idx[m]] + self.pair_coef[p]
+        return [self.ci.output(o, c) for o, c in zip(mixed, coef)]
 
     def call(self, tokens, masks=None, training=None):
         mods = self.modalities_
@@ -341,7 +348,8 @@ class AdaptiveFusion(keras.layers.Layer):
       E_c = Cross^K(E')  (DCN-v1, K = cross_layers)  eq. (16)
       E_att = MHA(query = E^id, key = value = E_c cut back into n tokens of d)   eq. (17)
 
-    call(query [B, d], aux [list of n x [B, d]], gate_input [B, dg]) -> E_att [B, d]
+    call(query [B, d], aux [list of n x [B, d]], gate_input [B, dg]) -> E_att [B, d]; with `return_parts`
+    (for inspection) -> (E_att, gates [B, n, d], attention probabilities [B, heads, n]).
     """
 
     def __init__(self, num_aux: int, units: int = 128, num_heads: int = 8, cross_layers: int = 1, **kwargs):
@@ -350,22 +358,23 @@ class AdaptiveFusion(keras.layers.Layer):
         self.num_heads, self.cross_layers = int(num_heads), int(cross_layers)
         self.gate = keras.layers.Dense(self.num_aux * self.units, activation="sigmoid", name="modality_gate")
         self.cross = [CrossLayer(name=f"cross_{i}") for i in range(self.cross_layers)]
-        self.attention = keras.layers.MultiHeadAttention(self.num_heads, max(1, self.units // self.num_heads),
-                                                         name="fusion_attention")
+        self.attention = MultiHeadCrossAttention(self.num_heads, max(1, self.units // self.num_heads),
+                                                 name="fusion_attention")
 
     def gates(self, gate_input):
         """[B, n, d] modality gates of eq. (14)."""
         return tf.reshape(self.gate(gate_input), [-1, self.num_aux, self.units])
 
-    def call(self, query, aux, gate_input, training=None):
-        tokens = tf.stack(list(aux), axis=1) * self.gates(gate_input)  # [B, n, d]
+    def call(self, query, aux, gate_input, training=None, return_parts: bool = False):
+        gates = self.gates(gate_input)
+        tokens = tf.stack(list(aux), axis=1) * gates  # [B, n, d]  eq. (14)-(15)
         x0 = tf.reshape(tokens, [-1, self.num_aux * self.units])
         x = x0
-        for layer in self.cross:
+        for layer in self.cross:  # eq. (16)
             x = layer(x0, x)
         tokens = tf.reshape(x, [-1, self.num_aux, self.units])
-        out = self.attention(query[:, None, :], tokens, training=training)
-        return out[:, 0, :]
+        out, weights = self.attention(query[:, None, :], tokens, return_attention_scores=True)  # eq. (17)
+        return (out[:, 0, :], gates, weights[:, :, 0, :]) if return_parts else out[:, 0, :]
 
     def get_config(self):
         return {**super().get_config(), "num_aux": self.num_aux, "units": self.units, "num_heads": self.num_heads,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import inspect
 
 from mmctr_tf.models.base import CTRModel, dummy_batch
+from mmctr_tf.models.baselines import BST, DINSimTier, DeepFM, FM, GRU4Rec, LR, WideDeep, YouTubeNet
 from mmctr_tf.models.din import DIN, MMConcat
 from mmctr_tf.models.diff_msin import DiffMSIN
 from mmctr_tf.models.dmae import DMAE
 
-MODELS = {"din": DIN, "mm_concat": MMConcat, "dmae": DMAE, "diff_msin": DiffMSIN}
+MODELS = {"din": DIN, "mm_concat": MMConcat, "dmae": DMAE, "diff_msin": DiffMSIN,
+          "lr": LR, "fm": FM, "deepfm": DeepFM, "wide_deep": WideDeep, "youtubenet": YouTubeNet, "gru4rec": GRU4Rec,
+          "bst": BST, "simtier": DINSimTier}
 
 
 def model_class(name: str):
@@ -25,7 +28,7 @@ def accepted_hparams(cls) -> set:
             break
         if "__init__" in vars(klass):
             names |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "schema", "kwargs")}
-    return names
+    return names - set(getattr(cls, "fixed_hparams", ()))  # base-class arguments the model fixes (LR: emb_dim)
 
 
 def build_model(name: str, schema, tables=None, **hparams) -> CTRModel:

@@ -39,7 +39,22 @@ def normalize_inputs(inputs: Dict[str, tf.Tensor], schema: Schema) -> Dict[str, 
             raise KeyError(f"model input is missing field '{name}'")
         x = tf.reshape(tf.cast(inputs[name], tf.int64), [-1])
         out[name] = tf.where((x < 0) | (x >= schema.vocab_of(name)), tf.zeros_like(x), x)
-    raw_len = tf.maximum(tf.reshape(tf.cast(inputs["hist_len"], tf.int64), [-1]), 0)
+    # Inconsistent shapes would otherwise fail deep inside the model without naming the input (batch sizes) or
+    # silently pair each history's behaviours with another's attributes (widths: each is cut to its own last L).
+    # (No quotes in these messages: tf.debugging prints them escaped.)
+    batch = tf.size(out["user_id"])
+    checks = [tf.debugging.assert_equal(tf.size(inputs[n]), batch, message=f"model input {n} has a different "
+                                        "batch size than user_id") for n in schema.item_features + ["hist_len"]]
+    first = schema.hist_features[0]
+    for name in schema.hist_features:
+        shape = tf.shape(inputs[name])
+        checks.append(tf.debugging.assert_equal(shape[0], batch, message=f"model input {name} has a different "
+                                                "batch size than user_id"))
+        checks.append(tf.debugging.assert_equal(shape[1], tf.shape(inputs[first])[1], message=f"model inputs "
+                                                f"{name} and {first} have different widths (history lengths)"))
+    with tf.control_dependencies(checks):
+        out = {k: tf.identity(v) for k, v in out.items()}
+        raw_len = tf.maximum(tf.reshape(tf.cast(inputs["hist_len"], tf.int64), [-1]), 0)
     hist_len = tf.minimum(raw_len, L)
     valid = tf.sequence_mask(hist_len, L)
     for name in schema.hist_features:

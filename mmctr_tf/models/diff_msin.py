@@ -106,8 +106,11 @@ class DiffMSIN(CTRModel):
         self.dnn = MLP(self.dnn_units, dnn_activation, dropout, output_units=1, name="dnn")
 
     # -------------------------------------------------------------------------------------------- forward
-    def forward(self, feats, training=None):
-        """-> (logit [B], syn_cos [B] or None)."""
+    def forward(self, feats, training=None, parts=None):
+        """-> (logit [B], syn_cos [B] or None). A dict `parts` receives, for inspection: the per-modality target
+        attention weights "attention" {m: [B, L]}, the MFE gates "mfe_gate" {m: [B, d_e]} (eq. 6), and FDAF's
+        "fdaf_gate" [B, n, d_e] (eq. 14) and "fdaf_attention" [B, heads, n] (eq. 17) with the auxiliary names
+        "aux_names"; parts of disabled modules are absent."""
         target, mask = feats["target"], feats["mask"]
         interest = self.backbone(target, feats["hist"], mask, training=training)
         e_a = {ID: tf.concat([feats["user"], target, interest], axis=-1)}
@@ -120,6 +123,8 @@ class DiffMSIN(CTRModel):
         if self.use_mfe:
             out = self.mfe(e_a, training=training)
             expert, fused, shared = out["expert"], out["fused"], out["shared"]
+            if parts is not None:
+                parts["mfe_gate"] = out["gate"]
         else:
             expert = {m: self.projections[m](e_a[m]) for m in self.all_modalities}
             fused, shared = expert, None
@@ -127,19 +132,26 @@ class DiffMSIN(CTRModel):
         aux = [fused[m] for m in self.modalities] + ([shared] if self.use_mfe else [])
         syn_cos = None
         if self.use_src:
-            h0 = self._synergy_parts(feats, expert, att_w, valid, training)
+            h0 = self.synergy_parts(feats, expert, att_w, valid, training)
             target_repr = tf.concat([target] + [feats["vec"][m][0] for m in self.modalities], axis=-1)
             e_syn, _, syn_cos = self.synergy(h0, target_repr, training=training)
             aux.append(e_syn)
 
+        if parts is not None:
+            parts["attention"] = att_w
+            parts["aux_names"] = ([f"E^{m}" for m in self.modalities] + (["E^sh"] if self.use_mfe else [])
+                                  + (["E^syn"] if self.use_src else []))
         if self.use_fdaf and aux:
-            z = [fused[ID], self.fdaf(fused[ID], aux, target, training=training)]
+            e_att, gates, weights = self.fdaf(fused[ID], aux, target, training=training, return_parts=True)
+            z = [fused[ID], e_att]
+            if parts is not None:
+                parts["fdaf_gate"], parts["fdaf_attention"] = gates, weights
         else:
             z = [fused[ID]] + aux
         x = tf.concat([feats["user"], target, interest] + z, axis=-1)
         return self.dnn(x, training=training)[:, 0], syn_cos
 
-    def _synergy_parts(self, feats, expert, att_w, valid, training):
+    def synergy_parts(self, feats, expert, att_w, valid, training):
         """Runs SRC and returns the per-modality final states h_0^m pooled to [B, d_e] (eq. 12's inputs)."""
         d, k = self.expert_units, self.tokens_per_vector
         if k:

@@ -1,4 +1,4 @@
-"""Measurements behind the benchmark commands (run/bench_input.py, run/bench_train.py). Nothing here asserts a
+"""Measurements behind the benchmark command (run/bench.py). Nothing here asserts a
 speed; the commands print tables, and ratios are only meaningful between rows of one run."""
 
 from __future__ import annotations

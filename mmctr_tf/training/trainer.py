@@ -71,19 +71,29 @@ def configure_cpu_devices(n: int) -> None:
 def make_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
     """MirroredStrategy over all visible GPUs; on a CPU-only machine, one device (or `cpu_replicas` logical CPUs).
 
-    Multi-worker training (TF_CONFIG) needs a custom loop because Keras 3 `fit` with MultiWorkerMirroredStrategy
-    is broken (keras-team/keras #20585, #20329); it is not supported by this trainer yet and is refused clearly.
+    This is the strategy of the Keras `fit` path. Multi-worker training (TF_CONFIG) needs a custom loop because
+    Keras 3 `fit` with MultiWorkerMirroredStrategy is broken (keras-team/keras #20585, #20329): `train` hands it to
+    `mmctr_tf.training.multiworker`, and this function refuses TF_CONFIG.
     """
     if os.environ.get("TF_CONFIG"):
-        raise RuntimeError("TF_CONFIG is set, but multi-worker training is not supported by run.train yet "
-                           "(Keras 3 fit + MultiWorkerMirroredStrategy is broken upstream); unset TF_CONFIG to train "
-                           "on this host's devices with MirroredStrategy")
+        raise RuntimeError("TF_CONFIG is set: Keras 3 fit + MultiWorkerMirroredStrategy is broken upstream, so "
+                           "multi-worker jobs train with the custom loop of mmctr_tf.training.multiworker (train() "
+                           "uses it when TF_CONFIG is set); unset TF_CONFIG to use this host's devices with fit")
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
-        return tf.distribute.MirroredStrategy([d.name for d in gpus])
-    configure_cpu_devices(cpu_replicas)
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")][: max(1, cpu_replicas)]
-    return tf.distribute.MirroredStrategy(cpus)
+        devices = tuple(d.name for d in gpus)
+    else:
+        configure_cpu_devices(cpu_replicas)
+        devices = tuple(d.name for d in tf.config.list_logical_devices("CPU")[: max(1, cpu_replicas)])
+    # One strategy per device set and process: every new MirroredStrategy starts its collective instance keys at
+    # the same value, so a second multi-device strategy in one process (run.compare training several models on
+    # several GPUs) fails its first all-reduce with "Shape mismatch in the collective instance".
+    if devices not in _STRATEGIES:
+        _STRATEGIES[devices] = tf.distribute.MirroredStrategy(list(devices))
+    return _STRATEGIES[devices]
+
+
+_STRATEGIES = {}
 
 
 class Throughput(keras.callbacks.Callback):
@@ -122,15 +132,39 @@ def _check_resume(run_dir: str, record: dict) -> None:
                          f"{old.get('hparams')}; use another --run_dir to train with {record.get('hparams')}")
 
 
+@keras.saving.register_keras_serializable(package="mmctr_tf")
+class ClickLoss(keras.losses.Loss):
+    """Binary cross-entropy per example for models whose output is the click probability [B].
+
+    `keras.losses.BinaryCrossentropy` averages over the last axis, which for a [B] output is the batch: the loss is
+    a scalar before Keras' reduction, so under a multi-replica strategy Keras cannot divide it by the number of
+    replicas; the logged loss is then N x too large and auxiliary `add_loss` terms (which Keras does divide) weigh
+    1/N as much against it. Returning [B] lets Keras' `sum_over_batch_size` reduction scale it like any loss."""
+
+    def __init__(self, name="binary_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.cast(keras.ops.reshape(y_true, [-1]), y_pred.dtype)
+        return keras.ops.binary_crossentropy(y_true, keras.ops.reshape(y_pred, [-1]))
+
+
 def compile_model(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
     lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, decay_steps=steps_per_epoch,
                                                      decay_rate=cfg.lr_decay, staircase=True)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.BinaryCrossentropy(),
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=ClickLoss(),
                   metrics=[keras.metrics.AUC(num_thresholds=2000, name="auc")], jit_compile=cfg.jit_compile)
 
 
 def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_callbacks=()) -> dict:
-    """Trains (or resumes) one run and returns its metrics (also written to `<run_dir>/metrics.json`)."""
+    """Trains (or resumes) one run and returns its metrics (also written to `<run_dir>/metrics.json`).
+    With TF_CONFIG set, the run is one worker of a multi-worker job (`mmctr_tf.training.multiworker`)."""
+    if os.environ.get("TF_CONFIG"):
+        from mmctr_tf.training import multiworker
+
+        if extra_callbacks:
+            raise ValueError("train(): extra_callbacks are Keras fit callbacks; the multi-worker loop takes none")
+        return multiworker.train(cfg, hparams, log=log)
     hparams = {k: v for k, v in (hparams or {}).items() if v is not None}
     run_dir = cfg.resolved_run_dir()
     metrics_path = os.path.join(run_dir, METRICS)
@@ -164,7 +198,10 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
     best = cb.BestCheckpointEarlyStopping(run_dir, "val_auc", cfg.patience)
     speed = Throughput(global_batch, steps)
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), delete_checkpoint=False),
+        # double_checkpoint: a kill while latest.weights.h5 is rewritten leaves a truncated file; the previous
+        # epoch's copy is restored instead (tests/test_reliability.py)
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), delete_checkpoint=False,
+                                         double_checkpoint=True),
         cb.NonFiniteGuard(), best, cb.EpochLog(run_dir), speed,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
         *extra_callbacks,

@@ -26,8 +26,8 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from mmctr_tf.data.converters.common import (EventLog, ItemInfo, LineErrors, ProtocolConfig, RawFilesMissing,
-                                             WriteConfig, build_dataset, open_text)
+from mmctr_tf.data.converters.common import (MAX_ID_CHARS, EventLog, ItemInfo, LineErrors, ProtocolConfig,
+                                             RawFilesMissing, WriteConfig, build_dataset, open_text)
 from mmctr_tf.data.converters.vectors import VectorSource
 
 STEMS = {
@@ -131,7 +131,8 @@ def read_reviews(path: str, events: EventLog) -> LineErrors:
             except (ValueError, TypeError) as e:
                 errors.add(lineno, str(e))
                 continue
-            events.add(user.strip(), item.strip(), t)
+            if not events.add(user.strip(), item.strip(), t):
+                errors.add(lineno, f"reviewerID or asin longer than {MAX_ID_CHARS} characters")
     return errors
 
 
@@ -204,19 +205,20 @@ def convert(dataset: str, raw_dir: Optional[str], out_dir: str, protocol: Protoc
     if not files["reviews"] or not files["meta"]:
         raise RawFilesMissing(missing_message(dataset, stem, raw_dir, out_dir, files))
     log(f"[amazon] reading {files['reviews']}")
-    events = EventLog()
-    rev_err = read_reviews(files["reviews"], events)
-    log(f"[amazon] {len(events)} reviews by {len(events.users)} users on {len(events.items)} items "
-        f"({rev_err.count} malformed lines)")
-    log(f"[amazon] reading {files['meta']}")
-    info, meta_err, matched = read_meta(files["meta"], events.items.index, category_level, with_brand)
-    log(f"[amazon] metadata for {matched} of {len(events.items)} reviewed items ({meta_err.count} malformed lines)")
-    sources = list(vector_sources)
-    if use_image_features and files["image"] and not any(s.modality == "image" for s in sources):
-        sources.append(VectorSource("image", files["image"], "mcauley"))
-    return build_dataset(
-        out_dir, name=dataset, source=f"amazon2014:{stem}", events=events, info=info, protocol=protocol,
-        write=write, vector_sources=sources, raw_files=files, read_errors=[rev_err, meta_err],
-        extra={"converter": {"name": "amazon", "stem": stem, "category_level": category_level,
-                             "with_brand": with_brand, "meta_items_matched": matched}},
-        log=log)
+    with EventLog(spill_near=out_dir) as events:
+        rev_err = read_reviews(files["reviews"], events)
+        log(f"[amazon] {len(events)} reviews by {len(events.users)} users on {len(events.items)} items "
+            f"({rev_err.count} malformed lines)")
+        log(f"[amazon] reading {files['meta']}")
+        info, meta_err, matched = read_meta(files["meta"], events.items, category_level, with_brand)
+        log(f"[amazon] metadata for {matched} of {len(events.items)} reviewed items ({meta_err.count} malformed "
+            f"lines)")
+        sources = list(vector_sources)
+        if use_image_features and files["image"] and not any(s.modality == "image" for s in sources):
+            sources.append(VectorSource("image", files["image"], "mcauley"))
+        return build_dataset(
+            out_dir, name=dataset, source=f"amazon2014:{stem}", events=events, info=info, protocol=protocol,
+            write=write, vector_sources=sources, raw_files=files, read_errors=[rev_err, meta_err],
+            extra={"converter": {"name": "amazon", "stem": stem, "category_level": category_level,
+                                 "with_brand": with_brand, "meta_items_matched": matched}},
+            log=log)

@@ -17,6 +17,28 @@ sources:
   5. stream the examples, in blocks of users, into sharded TFRecords (`ShardedWriter`), write one frozen vector
      table per modality (missing flag for items without a vector), the id maps and `manifest.json`.
 
+Scale (issue #8: a 10M-user / 2M-item log). No Python object is kept per id or per event:
+  * the `EventLog` keeps events in chunks of `EventLog.CHUNK_ROWS` rows; each chunk holds its distinct raw ids as a
+    sorted fixed-width byte array (`np.unique`) and int32 indices into it, and is spilled to a `.npz` file beside
+    the output once there is more than one chunk, so reading holds one chunk of Python strings at a time;
+  * the id vocabularies are sorted byte arrays (`IdVocab`, merged like an LSM tree); raw -> id is `searchsorted`,
+    the final order (numeric or lexicographic) an `argsort` of the kept ids;
+  * users are split into P = ceil(events / `WriteConfig.partition_events`) partitions by id range; the events of
+    each partition are scattered to flat files once, and each partition is then read, sorted, turned into examples
+    and written on its own (memory: one partition). Partition p writes its own shards (`<split>-<k>-of-<n>`, k in
+    p's range), dealt round-robin inside the partition; P = 1 (every log below `partition_events`) is exactly the
+    former single-pass conversion (same shards, same negatives).
+  * restartable (`WriteConfig.resume`): the output is staged in `.<name>.partial/` beside it; a partition's shards
+    are renamed into place when complete and recorded in `.progress/part-<p>.json` (with a digest of the
+    partition's events and a fingerprint of vocabularies, schema, protocol and write settings). After a kill, the
+    same command re-reads the raw files (fast, deterministic) and skips every partition already recorded with a
+    matching digest; the result equals an uninterrupted conversion. Without `resume` a failed conversion leaves
+    nothing behind (a random temp dir, deleted).
+
+The DIN protocol needs every event of a user (its last event is the test target, the negatives avoid all of the
+user's items), so examples cannot be emitted while the log is still being read: conversion is two-pass (read +
+scatter to on-disk partitions, then per partition), with memory O(distinct ids + one partition), not O(log).
+
 Everything is written into a hidden temporary directory beside the output that is renamed into place only when
 complete, so a failed or interrupted conversion never leaves partial output (and never destroys an older,
 complete dataset at the same place).
@@ -24,27 +46,35 @@ complete dataset at the same place).
 
 from __future__ import annotations
 
-import array
 import contextlib
 import dataclasses
 import gzip
+import hashlib
 import io
+import json
+import math
 import os
 import re
 import shutil
 import tempfile
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from mmctr_tf.data import tables as tables_lib
-from mmctr_tf.data.schema import SPLITS, Schema, SchemaError, write_manifest
+from mmctr_tf.data.schema import SPLITS, Schema, SchemaError, write_json_atomic, write_manifest
 from mmctr_tf.data.tfrecord import ShardedWriter
 
 MAP_FILES = {"user_id": "user_map.tsv", "item_id": "item_map.tsv", "cate_id": "cate_map.tsv",
              "brand_id": "brand_map.tsv"}
 ITEM_TEXT_FILE = "item_text.tsv"
+MAX_ID_CHARS = 256  # longer raw ids are malformed lines (ids are stored as fixed-width byte arrays)
+PROGRESS_DIR = ".progress"
+WORK_DIR = ".work"
+
+# Test hook: called with the partition index after each partition's shards are complete and recorded.
+_PARTITION_DONE_HOOK: Optional[Callable[[int], None]] = None
 
 
 class RawFilesMissing(SchemaError):
@@ -84,26 +114,18 @@ class LineErrors:
                 "examples": list(self.examples)}
 
 
-class IdIndex:
-    """Raw id (string) -> dense temporary index, in order of first appearance."""
+# ----------------------------------------------------------------------------------------------------- raw ids
+def to_bytes_array(values: Iterable) -> np.ndarray:
+    """Raw ids / values (str, bytes; None -> b'') as a fixed-width UTF-8 byte array (numpy 'S'); empty -> 'S1'."""
+    out = [v if isinstance(v, bytes) else b"" if v is None else str(v).encode("utf-8") for v in values]
+    return np.array(out, dtype=bytes) if out else np.zeros(0, "S1")
 
-    def __init__(self):
-        self.index: Dict[str, int] = {}
-        self.raw: List[str] = []
 
-    def get(self, raw: str) -> int:
-        i = self.index.get(raw)
-        if i is None:
-            i = len(self.raw)
-            self.index[raw] = i
-            self.raw.append(raw)
-        return i
-
-    def __len__(self):
-        return len(self.raw)
-
-    def __contains__(self, raw):
-        return raw in self.index
+def iter_decoded(arr: np.ndarray, block: int = 65536) -> Iterator[str]:
+    """The strings of a byte array, decoded block by block (no list of all of them at once)."""
+    for s in range(0, len(arr), block):
+        for b in arr[s:s + block].tolist():
+            yield b.decode("utf-8", "replace")
 
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
@@ -117,48 +139,237 @@ def sort_raw_ids(raw: Sequence[str]) -> List[str]:
     return sorted(raw)
 
 
-class EventLog:
-    """Interactions as compact arrays: (user, item) temporary indices, time, optional label (0/1)."""
+def _int_values(raw: np.ndarray) -> Optional[np.ndarray]:
+    """int64 values of a byte array when every entry is an integer ([+-]?digits, <= 18 digits), else None."""
+    n = len(raw)
+    if n == 0:
+        return None
+    w = raw.dtype.itemsize
+    m = np.ascontiguousarray(raw).view(np.uint8).reshape(n, w)
+    digit = (m >= 48) & (m <= 57)
+    pad = m == 0
+    sign = (m[:, 0] == 43) | (m[:, 0] == 45)
+    body = digit.copy()
+    body[:, 0] |= sign
+    if not np.all(body | pad):
+        return None
+    if w > 1 and np.any(pad[:, :-1] & ~pad[:, 1:]):
+        return None  # a NUL inside an id
+    ndig = digit.sum(1)
+    if np.any(ndig == 0) or ndig.max() > 18:
+        return None
+    vals = np.zeros(n, np.int64)
+    for j in range(w):
+        d = digit[:, j]
+        vals = np.where(d, vals * 10 + (m[:, j].astype(np.int64) - 48), vals)
+    return np.where(m[:, 0] == 45, -vals, vals)
 
-    def __init__(self, with_labels: bool = False):
-        self.users = IdIndex()
-        self.items = IdIndex()
-        self._u = array.array("i")
-        self._i = array.array("i")
-        self._t = array.array("d")
-        self._y = array.array("b") if with_labels else None
 
-    @property
-    def with_labels(self) -> bool:
-        return self._y is not None
+def id_order(raw: np.ndarray) -> np.ndarray:
+    """argsort of raw ids (byte array) in the deterministic id order of `sort_raw_ids`: numerically (ties by the
+    string, e.g. '007' < '7') when every id is an integer, else lexicographically (UTF-8 byte order = code point
+    order)."""
+    ints = _int_values(raw)
+    if ints is not None:
+        return np.lexsort((raw, ints))
+    if len(raw) and all(_INT_RE.match(r) for r in iter_decoded(raw)):  # integers beyond 18 digits: rare
+        keys = [(int(r), r) for r in iter_decoded(raw)]
+        return np.array(sorted(range(len(keys)), key=keys.__getitem__), np.int64)
+    return np.argsort(raw, kind="stable")
 
-    def add(self, user: str, item: str, t: float, label: Optional[int] = None) -> None:
-        self._u.append(self.users.get(user))
-        self._i.append(self.items.get(item))
-        self._t.append(t)
-        if self._y is not None:
-            self._y.append(1 if label else 0)
+
+class IdVocab:
+    """Distinct raw ids (as UTF-8 bytes) seen so far: a few sorted unique byte arrays, merged like an LSM tree
+    (a new run is merged into the previous one while it is at least half its size), so adding n ids costs
+    O(n log n) and memory O(distinct ids). `sorted()` is the temporary id order (byte order)."""
+
+    def __init__(self):
+        self._runs: List[np.ndarray] = []
+        self._sorted: Optional[np.ndarray] = None
+
+    def add(self, uniq: np.ndarray) -> None:
+        """Adds a sorted unique byte array."""
+        self._sorted = None
+        self._runs.append(uniq)
+        while len(self._runs) > 1 and 2 * len(self._runs[-1]) >= len(self._runs[-2]):
+            b = self._runs.pop()
+            a = self._runs.pop()
+            self._runs.append(np.unique(np.concatenate([a, b])))
+
+    def sorted(self) -> np.ndarray:
+        if self._sorted is None:
+            if len(self._runs) > 1:
+                self._runs = [np.unique(np.concatenate(self._runs))]
+            self._sorted = self._runs[0] if self._runs else np.zeros(0, "S1")
+        return self._sorted
+
+    def lookup(self, raw: np.ndarray) -> np.ndarray:
+        """Temporary index (position in `sorted()`) of each raw id; -1 for ids never added."""
+        voc = self.sorted()
+        if not len(voc):
+            return np.full(len(raw), -1, np.int64)
+        pos = np.minimum(np.searchsorted(voc, raw), len(voc) - 1)
+        return np.where(voc[pos] == raw, pos, -1)
 
     def __len__(self):
-        return len(self._u)
+        return len(self.sorted())
+
+    def __contains__(self, raw) -> bool:
+        b = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+        return bool(self.lookup(np.array([b]))[0] >= 0)
+
+
+class EventLog:
+    """Interactions as compact arrays, chunk by chunk: per chunk the distinct raw users / items (sorted byte arrays)
+    with int32 indices into them, time (float64), optional label (int8). Chunks beyond the first are spilled to
+    `.npz` files in a hidden directory beside `spill_near` (removed by `close()`; use as a context manager)."""
+
+    CHUNK_ROWS = 500_000
+
+    def __init__(self, with_labels: bool = False, spill_near: Optional[str] = None):
+        self.with_labels = with_labels
+        self._users = IdVocab()
+        self._items = IdVocab()
+        self._pu: List[str] = []
+        self._pi: List[str] = []
+        self._pt: List[float] = []
+        self._py: List[int] = []
+        self._chunks: List[Union[dict, str]] = []  # dict in memory, or the path of its .npz
+        self._n = 0
+        self._spill_near = spill_near
+        self._spill_dir: Optional[str] = None
+
+    def add(self, user: str, item: str, t: float, label: Optional[int] = None) -> bool:
+        """Appends one event; False (nothing added) when an id is longer than MAX_ID_CHARS (a malformed line)."""
+        if len(user) > MAX_ID_CHARS or len(item) > MAX_ID_CHARS:
+            return False
+        self._pu.append(user)
+        self._pi.append(item)
+        self._pt.append(t)
+        if self.with_labels:
+            self._py.append(1 if label else 0)
+        if len(self._pu) >= self.CHUNK_ROWS:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        if not self._pu:
+            return
+        uu, ui = np.unique(to_bytes_array(self._pu), return_inverse=True)
+        iu, ii = np.unique(to_bytes_array(self._pi), return_inverse=True)
+        chunk = {"u_uniq": uu, "u_inv": ui.astype(np.int32), "i_uniq": iu, "i_inv": ii.astype(np.int32),
+                 "t": np.array(self._pt, np.float64),
+                 "y": np.array(self._py, np.int8) if self.with_labels else np.ones(len(self._pu), np.int8)}
+        self._users.add(uu)
+        self._items.add(iu)
+        self._n += len(self._pu)
+        self._pu, self._pi, self._pt, self._py = [], [], [], []
+        self._chunks.append(chunk)
+        if len(self._chunks) > 1 and self._spill_near is not None:
+            for k, c in enumerate(self._chunks):
+                if isinstance(c, dict):
+                    self._chunks[k] = self._spill(k, c)
+
+    def _spill(self, k: int, chunk: dict) -> str:
+        if self._spill_dir is None:
+            near = os.path.abspath(self._spill_near.rstrip("/") or self._spill_near)
+            parent = os.path.dirname(near)
+            os.makedirs(parent, exist_ok=True)
+            self._spill_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(near)}.events-", dir=parent)
+        path = os.path.join(self._spill_dir, f"chunk-{k:06d}.npz")
+        np.savez(path, **chunk)
+        return path
+
+    @property
+    def users(self) -> IdVocab:
+        self._flush()
+        return self._users
+
+    @property
+    def items(self) -> IdVocab:
+        self._flush()
+        return self._items
+
+    def __len__(self):
+        return self._n + len(self._pu)
+
+    @property
+    def num_chunks(self) -> int:
+        self._flush()
+        return len(self._chunks)
+
+    def chunks(self) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]]:
+        """(user temp index int64, item temp index int64, time, label int8, index of the first event) per chunk,
+        temp indices being positions in `users.sorted()` / `items.sorted()`; events in file order."""
+        self._flush()
+        start = 0
+        for c in self._chunks:
+            if isinstance(c, str):
+                with np.load(c) as z:
+                    c = {k: z[k] for k in z.files}
+            u = self._users.lookup(c["u_uniq"])[c["u_inv"]]
+            i = self._items.lookup(c["i_uniq"])[c["i_inv"]]
+            yield u, i, c["t"], c["y"], start
+            start += len(u)
 
     def arrays(self):
-        u = np.frombuffer(self._u, dtype=np.int32) if len(self._u) else np.zeros(0, np.int32)
-        i = np.frombuffer(self._i, dtype=np.int32) if len(self._i) else np.zeros(0, np.int32)
-        t = np.frombuffer(self._t, dtype=np.float64) if len(self._t) else np.zeros(0, np.float64)
-        if self._y is None:
-            y = np.ones(len(u), np.int8)
-        else:
-            y = np.frombuffer(self._y, dtype=np.int8) if len(self._y) else np.zeros(0, np.int8)
-        return u, i, t, y
+        """All events as (user temp index, item temp index, time, label); for small logs and tests."""
+        parts = list(self.chunks())
+        if not parts:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
+        return tuple(np.concatenate([p[k] for p in parts]) for k in range(4))
+
+    def close(self) -> None:
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
+        self._chunks = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AttrTable:
+    """Item attribute (category, brand) by raw item id as two byte arrays: sorted unique keys and their values."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.values = keys[order], values[order]
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, str]) -> "AttrTable":
+        items = [(k, str(v).strip()) for k, v in d.items() if v is not None and str(v).strip()]
+        return cls(to_bytes_array(k for k, _ in items), to_bytes_array(v for _, v in items))
+
+    @classmethod
+    def first_nonempty(cls, keys: np.ndarray, values: np.ndarray) -> "AttrTable":
+        """From rows in file order: per key the value of its first row with a non-empty value."""
+        ok = values != b""
+        keys, values = keys[ok], values[ok]
+        uk, first = np.unique(keys, return_index=True)
+        return cls(uk, values[first])
+
+    def get(self, raw: np.ndarray) -> np.ndarray:
+        """Value of each raw item id (byte array); b'' when absent."""
+        if not len(self.keys):
+            return np.zeros(len(raw), "S1")
+        pos = np.minimum(np.searchsorted(self.keys, raw), len(self.keys) - 1)
+        return np.where(self.keys[pos] == raw, self.values[pos], b"")
+
+    def __len__(self):
+        return len(self.keys)
 
 
 @dataclasses.dataclass
 class ItemInfo:
-    """Item attributes keyed by raw item id (only items that may matter need to be present)."""
+    """Item attributes keyed by raw item id (only items that may matter need to be present): dicts, or
+    `AttrTable`s for large item sets (no Python object per item). Texts stay a dict (only for item_text.tsv)."""
 
-    cate: Dict[str, str] = dataclasses.field(default_factory=dict)
-    brand: Optional[Dict[str, str]] = None
+    cate: Union[Dict[str, str], AttrTable] = dataclasses.field(default_factory=dict)
+    brand: Optional[Union[Dict[str, str], AttrTable]] = None
     text: Optional[Dict[str, str]] = None
 
 
@@ -235,9 +446,25 @@ class WriteConfig:
     compression: str = "GZIP"
     table_dtype: str = "float32"
     pca_dim: int = 0
+    # Users are processed in partitions of about this many events (memory: one partition; see the module doc).
+    partition_events: int = 2_000_000
+    # Restartable: stage in .<name>.partial/ and keep finished partitions after a failure or kill.
+    resume: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------- output dir
+def _swap_into_place(tmp: str, out_dir: str) -> None:
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    if os.path.lexists(out_dir):
+        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+        os.rmdir(old)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str):
     """Yields a fresh hidden temp dir beside `out_dir`; on success it replaces `out_dir`, on failure it is deleted."""
@@ -252,14 +479,35 @@ def atomic_output_dir(out_dir: str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if os.path.lexists(out_dir):
-        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-        os.rmdir(old)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    _swap_into_place(tmp, out_dir)
+
+
+def partial_dir(out_dir: str) -> str:
+    """Where a restartable conversion of `out_dir` is staged: `.<name>.partial` beside it."""
+    out = os.path.abspath(out_dir.rstrip("/") or out_dir)
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial")
+
+
+@contextlib.contextmanager
+def resumable_output_dir(out_dir: str, log=print):
+    """Like `atomic_output_dir`, but staged in the fixed `partial_dir(out_dir)`, kept after a failure when it holds
+    finished partitions (`.progress/part-*.json`), so that the same conversion can resume."""
+    out_dir = out_dir.rstrip("/") or out_dir
+    tmp = partial_dir(out_dir)
+    os.makedirs(tmp, exist_ok=True)
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+    except BaseException:
+        prog = os.path.join(tmp, PROGRESS_DIR)
+        if os.path.isdir(prog) and any(f.startswith("part-") for f in os.listdir(prog)):
+            log(f"[convert] interrupted: finished partitions kept in {tmp}; run the same command again to resume")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for d in (PROGRESS_DIR, WORK_DIR):
+        shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
+    _swap_into_place(tmp, out_dir)
 
 
 def _clean_field(s: str) -> str:
@@ -305,22 +553,95 @@ def load_item_texts(data_dir: str) -> Dict[int, str]:
 
 
 # ----------------------------------------------------------------------------------------------------- building
-@dataclasses.dataclass
-class _Vocab:
-    raw: List[str]  # raw ids in id order (index 0 -> id 1)
-
-    @property
-    def size(self) -> int:
-        return len(self.raw) + 1
-
-
-def _make_vocab(raw_values: Iterable[str]) -> _Vocab:
-    return _Vocab(sort_raw_ids(set(raw_values)))
-
-
 def _segments(sorted_users: np.ndarray, num_users: int) -> np.ndarray:
     """starts[u-1] .. starts[u] is the segment of user id u (1..num_users) in a user-sorted array."""
     return np.searchsorted(sorted_users, np.arange(1, num_users + 2), side="left")
+
+
+def _final_ids(raw_sorted: np.ndarray, keep: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(final id 1..K of each temporary index, 0 where not kept; the kept raw ids in final-id order)."""
+    idx = np.flatnonzero(keep)
+    order = id_order(raw_sorted[idx])
+    final = np.zeros(len(raw_sorted), np.int64)
+    final[idx[order]] = np.arange(1, len(idx) + 1)
+    return final, raw_sorted[idx[order]]
+
+
+def _attr_ids(source: Union[Dict[str, str], AttrTable], items_raw: np.ndarray):
+    """(attribute id per item id [V] (0 = none), attribute raw values in id order, items without a value)."""
+    table = source if isinstance(source, AttrTable) else AttrTable.from_dict(source)
+    vals = table.get(items_raw)
+    has = vals != b""
+    uniq = np.unique(vals[has]) if has.any() else np.zeros(0, "S1")
+    order = id_order(uniq)
+    final_of_sorted = np.zeros(len(uniq), np.int64)
+    final_of_sorted[order] = np.arange(1, len(uniq) + 1)
+    arr = np.zeros(len(items_raw) + 1, np.int64)
+    arr[1:][has] = final_of_sorted[np.searchsorted(uniq, vals[has])]
+    return arr, uniq[order], int((~has).sum())
+
+
+_PART_DTYPE = np.dtype([("u", "<i8"), ("i", "<i8"), ("t", "<f8"), ("y", "i1"), ("o", "<i8")])
+
+
+class _Partitions:
+    """The events split into P partitions by temporary user index range [bounds[p], bounds[p+1]): in memory for
+    P = 1, else scattered once into one flat file per partition under `work_dir`."""
+
+    def __init__(self, events: EventLog, P: int, work_dir: str):
+        n_users = len(events.users)
+        self.P = P
+        self.bounds = np.array([(p * n_users) // P for p in range(P + 1)], np.int64)
+        self._mem = None
+        if P == 1:
+            u, i, t, y = events.arrays()
+            self._mem = (u, i, t, y, np.arange(len(u), dtype=np.int64))
+            return
+        shutil.rmtree(work_dir, ignore_errors=True)
+        os.makedirs(work_dir)
+        self.paths = [os.path.join(work_dir, f"part-{p:05d}.events") for p in range(P)]
+        files = [open(path, "wb") for path in self.paths]
+        try:
+            for u, i, t, y, start in events.chunks():
+                rec = np.empty(len(u), _PART_DTYPE)
+                rec["u"], rec["i"], rec["t"], rec["y"] = u, i, t, y
+                rec["o"] = start + np.arange(len(u))
+                part = np.searchsorted(self.bounds, u, side="right") - 1
+                order = np.argsort(part, kind="stable")
+                cuts = np.searchsorted(part[order], np.arange(P + 1))
+                for p in range(P):
+                    if cuts[p + 1] > cuts[p]:
+                        rec[order[cuts[p]:cuts[p + 1]]].tofile(files[p])
+        finally:
+            for f in files:
+                f.close()
+
+    def load(self, p: int):
+        """(user temp index, item temp index, time, label, file-order index) of partition p, in file order."""
+        if self._mem is not None:
+            return self._mem
+        rec = np.fromfile(self.paths[p], _PART_DTYPE)
+        return rec["u"], rec["i"], rec["t"], rec["y"], rec["o"]
+
+    def digest(self, p: int) -> str:
+        h = hashlib.sha256()
+        if self._mem is not None:
+            for a in self._mem:
+                h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            with open(self.paths[p], "rb") as f:
+                for blk in iter(lambda: f.read(1 << 24), b""):
+                    h.update(blk)
+        return h.hexdigest()
+
+
+def _truncate(u_sorted: np.ndarray, lo: int, hi: int, max_behaviors: int) -> np.ndarray:
+    """Mask of the `max_behaviors` most recent events of each user in a (user, time)-sorted array of user ids
+    in [lo, hi) (0 = all)."""
+    if not max_behaviors:
+        return np.ones(len(u_sorted), bool)
+    ends = np.searchsorted(u_sorted, np.arange(lo + 1, hi + 1), side="left")  # segment end of user lo + k
+    return (ends[u_sorted - lo] - np.arange(len(u_sorted))) <= max_behaviors
 
 
 class _NegativeSampler:
@@ -375,134 +696,112 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
     protocol.validate()
     t0 = time.time()
     cfg = protocol
-    L = cfg.seq_len
-    u_tmp, i_tmp, t_ev, y_ev = events.arrays()
-    n_read = len(u_tmp)
+    n_read = len(events)
     if n_read == 0:
         raise ConversionError(f"dataset '{name}': the raw files hold no valid interaction")
-    users_read = len(events.users)
+    users_sorted = events.users.sorted()
+    items_sorted = events.items.sorted()
+    users_read, NI = len(users_sorted), len(items_sorted)
+    P = max(1, math.ceil(n_read / max(1, write.partition_events)))
+    staging = resumable_output_dir(out_dir, log=log) if write.resume else atomic_output_dir(out_dir)
+    with staging as tmp:
+        parts = _Partitions(events, P, os.path.join(tmp, WORK_DIR))
+        if P > 1:
+            log(f"[convert] {n_read} events of {users_read} users scattered into {P} partitions")
 
-    # 1. users with enough events; final user ids in sorted raw order.
-    counts = np.bincount(u_tmp, minlength=len(events.users))
-    keep_user = counts >= cfg.min_behaviors
-    kept_tmp_users = np.flatnonzero(keep_user)
-    if not len(kept_tmp_users):
-        raise ConversionError(f"dataset '{name}': no user has >= {cfg.min_behaviors} events "
-                              f"({users_read} users, {n_read} events read)")
-    user_vocab = _make_vocab(events.users.raw[j] for j in kept_tmp_users)
-    user_pos = {r: k + 1 for k, r in enumerate(user_vocab.raw)}
-    user_final_of_tmp = np.zeros(len(events.users), np.int64)
-    for j in kept_tmp_users:
-        user_final_of_tmp[j] = user_pos[events.users.raw[j]]
-    del user_pos
-    U = len(user_vocab.raw)
+        # Pass 1 over the partitions: users with enough events, the max_behaviors most recent events of each,
+        # the items they hold (-> item vocabulary) and their frequencies.
+        keep_user = np.zeros(users_read, bool)
+        item_used = np.zeros(NI, bool)
+        item_count = np.zeros(NI, np.int64) if cfg.negatives == "popularity" else None
+        events_kept = events_in_kept_users = 0
+        digests = []
+        for p in range(P):
+            u, i, t, _, o = parts.load(p)
+            digests.append(parts.digest(p))
+            lo, hi = int(parts.bounds[p]), int(parts.bounds[p + 1])
+            kp = np.bincount(u - lo, minlength=hi - lo) >= cfg.min_behaviors
+            keep_user[lo:hi] = kp
+            ev = kp[u - lo]
+            u, i, t, o = u[ev], i[ev], t[ev], o[ev]
+            events_in_kept_users += len(u)
+            order = np.lexsort((o, t, u))  # by user, time, file order
+            u, i = u[order], i[order]
+            iT = i[_truncate(u, lo, hi, cfg.max_behaviors)]
+            events_kept += len(iT)
+            item_used[iT] = True
+            if item_count is not None:
+                item_count += np.bincount(iT, minlength=NI)
+            del u, i, t, o, order, iT
+        U = int(keep_user.sum())
+        if not U:
+            raise ConversionError(f"dataset '{name}': no user has >= {cfg.min_behaviors} events "
+                                  f"({users_read} users, {n_read} events read)")
 
-    ev = np.flatnonzero(keep_user[u_tmp])
-    uF = user_final_of_tmp[u_tmp[ev]]
-    order = np.lexsort((ev, t_ev[ev], uF))  # by user, time, file order
-    ev = ev[order]
-    uF = uF[order]
-    iF_tmp = i_tmp[ev].astype(np.int64)
-    yF = y_ev[ev].astype(np.int64)
-    del order
-    startsF = _segments(uF, U)
+        # Final ids: raw ids of kept users / used items / their attributes in the deterministic order.
+        user_final, users_raw = _final_ids(users_sorted, keep_user)
+        item_final, items_raw = _final_ids(items_sorted, item_used)
+        V = len(items_raw) + 1
+        attr_names = ["cate_id"] + (["brand_id"] if info.brand is not None else [])
+        attr_of: Dict[str, np.ndarray] = {}
+        attr_raw: Dict[str, np.ndarray] = {}
+        attr_missing: Dict[str, int] = {}
+        for attr in attr_names:
+            attr_of[attr], attr_raw[attr], attr_missing[attr] = _attr_ids(
+                info.cate if attr == "cate_id" else info.brand, items_raw)
+        schema = Schema(seq_len=cfg.seq_len,
+                        vocab={"user_id": max(U + 1, 2), "item_id": max(V, 2),
+                               **{a: max(len(attr_raw[a]) + 1, 2) for a in attr_names}},
+                        modalities={})
+        pop = None
+        if item_count is not None:
+            pop = np.zeros(V, np.int64)
+            pop[item_final[item_used]] = item_count[item_used]
 
-    # 2. the max_behaviors most recent events per user.
-    if cfg.max_behaviors:
-        end_of = startsF[uF]  # segment end (exclusive) of each event's user
-        keepT = (end_of - np.arange(len(uF))) <= cfg.max_behaviors
-        del end_of
-    else:
-        keepT = np.ones(len(uF), bool)
-    uT, yT = uF[keepT], yF[keepT]
-    iT_tmp = iF_tmp[keepT]
-    startsT = _segments(uT, U)
-    lensT = np.diff(startsT)
-
-    # 3. item vocabulary = items of the kept events; categories (and brands) of those items.
-    used_tmp_items = np.unique(iT_tmp)
-    item_vocab = _make_vocab(events.items.raw[j] for j in used_tmp_items)
-    V = item_vocab.size
-    item_pos = {r: k + 1 for k, r in enumerate(item_vocab.raw)}
-    item_final_of_tmp = np.zeros(len(events.items), np.int64)
-    for j in used_tmp_items:
-        item_final_of_tmp[j] = item_pos[events.items.raw[j]]
-    iF = item_final_of_tmp[iF_tmp]  # 0 for items outside the vocabulary (only in truncated-away events)
-    iT = item_final_of_tmp[iT_tmp]
-    del iF_tmp, iT_tmp, item_final_of_tmp
-
-    attr_names = ["cate_id"] + (["brand_id"] if info.brand is not None else [])
-    attr_vocab: Dict[str, _Vocab] = {}
-    attr_of: Dict[str, np.ndarray] = {}
-    attr_missing: Dict[str, int] = {}
-    for attr in attr_names:
-        source_map = info.cate if attr == "cate_id" else info.brand
-        raw_vals = [source_map.get(r) for r in item_vocab.raw]
-        raw_vals = [v if (v is not None and str(v).strip()) else None for v in raw_vals]
-        voc = _make_vocab(str(v).strip() for v in raw_vals if v is not None)
-        vpos = {r: k + 1 for k, r in enumerate(voc.raw)}
-        arr = np.zeros(V, np.int64)
-        for k, v in enumerate(raw_vals):
-            if v is not None:
-                arr[k + 1] = vpos[str(v).strip()]
-        attr_vocab[attr], attr_of[attr] = voc, arr
-        attr_missing[attr] = int(sum(v is None for v in raw_vals))
-
-    schema = Schema(
-        seq_len=L,
-        vocab={"user_id": max(U + 1, 2), "item_id": max(V, 2),
-               **{a: max(attr_vocab[a].size, 2) for a in attr_names}},
-        modalities={},
-    )
-
-    # Vector tables are checked (shapes, alignment) before anything is written.
-    rng = np.random.default_rng(cfg.seed)
-    row_rng = np.random.default_rng([cfg.seed, 1])  # row order within blocks (independent of the negatives)
-    sampler = None
-    if cfg.split == "din":
-        pop = np.bincount(iT, minlength=V) if cfg.negatives == "popularity" else None
-        sampler = _NegativeSampler(V, pop, rng)
-
-    with atomic_output_dir(out_dir) as tmp:
-        tables, table_info = vectors_lib.build_tables(vector_sources, item_vocab.raw, write, tmp_dir=tmp, log=log)
+        # Vector tables are checked (shapes, alignment) before any example is written.
+        tables, table_info = vectors_lib.build_tables(vector_sources, items_raw, write, tmp_dir=tmp, log=log)
         schema = dataclasses.replace(schema, modalities={m: t.dim for m, t in tables.items()})
-        writers = {s: ShardedWriter(tmp, s, schema, write.num_shards, write.compression or None) for s in SPLITS}
-        split_users = {s: 0 for s in SPLITS}
-        negatives_unavailable = 0
-        try:
-            a = 1
-            while a <= U:
-                # users a..b-1, about chunk_events kept events
-                b = int(np.searchsorted(startsT, startsT[a - 1] + cfg.chunk_events, side="right"))
-                b = min(max(b, a + 1), U + 1)
-                blocks, n_unavail = _chunk_examples(a, b, uT, iT, yT, startsT, lensT, uF, iF, startsF, cfg,
-                                                    attr_of, sampler, V)
-                negatives_unavailable += n_unavail
-                for s_idx, s in enumerate(SPLITS):
-                    cols = blocks[s_idx]
-                    if cols is not None and len(cols["label"]):
-                        # Shuffle the block's rows: the writer deals rows round-robin over the shards, so the
-                        # positive/negative interleaving would otherwise put all positives into even shards.
-                        perm = row_rng.permutation(len(cols["label"]))
-                        writers[s].write({key: v[perm] for key, v in cols.items()})
-                        split_users[s] += int(len(np.unique(cols["user_id"])))
-                a = b
-            for w in writers.values():
-                w.close()
-        except BaseException:
-            for w in writers.values():
-                w.abort()
-            raise
+
+        # Pass 2: examples, partition by partition; finished partitions of an earlier run are reused.
+        per_part = max(1, math.ceil(write.num_shards / P))
+        fingerprint = _fingerprint(cfg, write, schema, P, per_part, n_read,
+                                   [users_raw, items_raw, user_final, item_final] + [attr_of[a] for a in attr_names]
+                                   + ([pop] if pop is not None else []))
+        done = _finished_partitions(tmp, fingerprint, digests, write.resume, log)
+        summaries: Dict[int, dict] = dict(done)
+        for p in range(P):
+            if p in done:
+                continue
+            summaries[p] = _write_partition(
+                tmp, p, parts, digests[p], keep_user, user_final, item_final, V, attr_of, pop, schema, cfg, write,
+                per_part, P * per_part)
+            write_json_atomic(os.path.join(tmp, PROGRESS_DIR, f"part-{p:05d}.json"), summaries[p])
+            if P > 1:
+                ex = sum(e["examples"] for e in summaries[p]["splits"].values())
+                log(f"[convert] partition {p + 1}/{P}: {ex} examples ({time.time() - t0:.0f} s)")
+            if _PARTITION_DONE_HOOK is not None:
+                _PARTITION_DONE_HOOK(p)
+        negatives_unavailable = sum(summaries[p]["negatives_unavailable"] for p in range(P))
+        del parts
+        for d in (PROGRESS_DIR, WORK_DIR):
+            shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
 
         manifest = {"name": name, "source": source, "schema": schema.to_dict(),
                     "compression": write.compression or "", "splits": {}, "tables": {},
                     "protocol": {**dataclasses.asdict(cfg), "description": cfg.describe()}}
         total_examples = total_pos = 0
         for s in SPLITS:
-            entry = writers[s].summary()
+            entry = {"files": [], "examples": 0, "positives": 0, "oov": {}, "users": 0}
+            for p in range(P):
+                e = summaries[p]["splits"][s]
+                entry["files"] += e["files"]
+                entry["examples"] += e["examples"]
+                entry["positives"] += e["positives"]
+                entry["users"] += e["users"]
+                for k, v in e["oov"].items():
+                    entry["oov"][k] = entry["oov"].get(k, 0) + v
             n = entry["examples"]
             entry["positive_rate"] = float(entry["positives"] / n) if n else 0.0
-            entry["users"] = split_users[s]
             manifest["splits"][s] = entry
             total_examples += n
             total_pos += entry["positives"]
@@ -512,19 +811,27 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
 
         # id maps (row k <-> id k) so vectors and serving can be aligned with the raw ids.
         write_tsv(os.path.join(tmp, MAP_FILES["user_id"]), ["user_id", "raw_id"],
-                  ((k + 1, r) for k, r in enumerate(user_vocab.raw)))
+                  ((k + 1, r) for k, r in enumerate(iter_decoded(users_raw))))
         header = ["item_id", "raw_id"] + attr_names
         write_tsv(os.path.join(tmp, MAP_FILES["item_id"]), header,
-                  ([k + 1, r] + [int(attr_of[a][k + 1]) for a in attr_names] for k, r in enumerate(item_vocab.raw)))
+                  ([k + 1, r] + [int(attr_of[a][k + 1]) for a in attr_names]
+                   for k, r in enumerate(iter_decoded(items_raw))))
         for a in attr_names:
             write_tsv(os.path.join(tmp, MAP_FILES[a]), [a, "raw_value"],
-                      ((k + 1, r) for k, r in enumerate(attr_vocab[a].raw)))
+                      ((k + 1, r) for k, r in enumerate(iter_decoded(attr_raw[a]))))
         maps = {a: MAP_FILES[a] for a in ["user_id", "item_id"] + attr_names}
         items_with_text = 0
         if info.text is not None:
-            rows = [(k + 1, info.text.get(r, "") or "") for k, r in enumerate(item_vocab.raw)]
-            items_with_text = sum(1 for _, t in rows if t.strip())
-            write_tsv(os.path.join(tmp, ITEM_TEXT_FILE), ["item_id", "text"], rows)
+            counter = [0]
+
+            def text_rows():
+                for k, r in enumerate(iter_decoded(items_raw)):
+                    t = info.text.get(r, "") or ""
+                    counter[0] += bool(t.strip())
+                    yield k + 1, t
+
+            write_tsv(os.path.join(tmp, ITEM_TEXT_FILE), ["item_id", "text"], text_rows())
+            items_with_text = counter[0]
             maps["text"] = ITEM_TEXT_FILE
         manifest["maps"] = maps
 
@@ -532,8 +839,8 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
         manifest["stats"] = {
             "users": U,
             "items": n_items,
-            "categories": len(attr_vocab["cate_id"].raw),
-            **({"brands": len(attr_vocab["brand_id"].raw)} if "brand_id" in attr_vocab else {}),
+            "categories": len(attr_raw["cate_id"]),
+            **({"brands": len(attr_raw["brand_id"])} if "brand_id" in attr_raw else {}),
             "examples": total_examples,
             "positives": total_pos,
             "positive_rate": float(total_pos / total_examples) if total_examples else 0.0,
@@ -544,11 +851,13 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
             "events_read": int(n_read),
             "users_read": int(users_read),
             "users_dropped_short": int(users_read - U),
-            "events_kept": int(len(uT)),
-            "events_beyond_max_behaviors": int(len(uF) - len(uT)),
+            "events_kept": int(events_kept),
+            "events_beyond_max_behaviors": int(events_in_kept_users - events_kept),
             "negatives_unavailable": int(negatives_unavailable),
             "malformed_lines": {os.path.basename(e.path): e.count for e in read_errors},
             "read_errors": [e.to_dict() for e in read_errors],
+            "partitions": P,
+            "partitions_reused": len(done),
             "seconds": round(time.time() - t0, 2),
         }
         if raw_files:
@@ -557,6 +866,116 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
             manifest.update(extra)
         write_manifest(tmp, manifest)
     return manifest
+
+
+def _fingerprint(cfg: ProtocolConfig, write: WriteConfig, schema: Schema, P: int, per_part: int, n_read: int,
+                 arrays: Sequence[np.ndarray]) -> str:
+    """What the shards of a partition depend on besides its own events: settings, schema and every id map."""
+    h = hashlib.sha256(json.dumps({
+        "protocol": dataclasses.asdict(cfg), "schema": schema.to_dict(), "partitions": P, "shards": per_part,
+        "events": n_read, "write": {"num_shards": write.num_shards, "compression": write.compression or "",
+                                    "partition_events": write.partition_events}}, sort_keys=True).encode())
+    for a in arrays:
+        h.update(str(a.dtype).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _finished_partitions(tmp: str, fingerprint: str, digests: List[str], resume: bool, log) -> Dict[int, dict]:
+    """Summaries of the partitions an earlier run of the same conversion finished (resume); otherwise clears any
+    shard or progress left in `tmp` and records the fingerprint."""
+    prog = os.path.join(tmp, PROGRESS_DIR)
+    fp_path = os.path.join(prog, "fingerprint.json")
+    done: Dict[int, dict] = {}
+    if resume and os.path.exists(fp_path):
+        try:
+            with open(fp_path) as f:
+                same = json.load(f).get("fingerprint") == fingerprint
+        except (OSError, ValueError):
+            same = False
+        if same:
+            for fn in sorted(os.listdir(prog)):
+                if not (fn.startswith("part-") and fn.endswith(".json")):
+                    continue
+                try:
+                    with open(os.path.join(prog, fn)) as f:
+                        summ = json.load(f)
+                    p = int(summ["partition"])
+                except (OSError, ValueError, KeyError):
+                    continue
+                files = [x for e in summ["splits"].values() for x in e["files"]]
+                if (p < len(digests) and summ.get("digest") == digests[p]
+                        and all(os.path.exists(os.path.join(tmp, x)) for x in files)):
+                    done[p] = summ
+            if done:
+                log(f"[convert] resuming: {len(done)} of {len(digests)} partitions already written in {tmp}")
+        else:
+            log(f"[convert] {tmp}: left by a different conversion (inputs or settings changed); starting over")
+    if not done:
+        shutil.rmtree(prog, ignore_errors=True)
+        for fn in os.listdir(tmp):
+            if ".tfrecord" in fn:
+                os.remove(os.path.join(tmp, fn))
+    os.makedirs(prog, exist_ok=True)
+    write_json_atomic(fp_path, {"fingerprint": fingerprint})
+    return done
+
+
+def _write_partition(tmp, p, parts: _Partitions, digest, keep_user, user_final, item_final, V, attr_of, pop,
+                     schema: Schema, cfg: ProtocolConfig, write: WriteConfig, per_part: int, total_shards: int):
+    """Examples of the users of partition p into its shards; returns the partition's summary."""
+    u, i, t, y, o = parts.load(p)
+    ev = keep_user[u]
+    uf = user_final[u[ev]]
+    i, t, y, o = i[ev], t[ev], y[ev], o[ev]
+    order = np.lexsort((o, t, uf))  # by user, time, file order
+    uf, i, y = uf[order], i[order], y[order].astype(np.int64)
+    del u, t, o, order, ev
+    users_p = np.unique(uf)  # final ids of the partition's users; local id k <-> users_p[k - 1]
+    n_p = len(users_p)
+    uF = np.searchsorted(users_p, uf) + 1
+    startsF = _segments(uF, n_p)
+    keepT = _truncate(uF, 1, n_p + 1, cfg.max_behaviors)
+    uT, yT = uF[keepT], y[keepT]
+    iF = item_final[i]  # 0 for items outside the vocabulary (only in truncated-away events)
+    iT = iF[keepT]
+    startsT = _segments(uT, n_p)
+    lensT = np.diff(startsT)
+    # partition 0 draws from the streams of the former single-pass conversion (P = 1 output unchanged)
+    rng = np.random.default_rng(cfg.seed if p == 0 else [cfg.seed, 2, p])
+    row_rng = np.random.default_rng([cfg.seed, 1] if p == 0 else [cfg.seed, 3, p])
+    sampler = _NegativeSampler(V, pop, rng) if cfg.split == "din" else None
+    writers = {s: ShardedWriter(tmp, s, schema, per_part, write.compression or None, first_shard=p * per_part,
+                                total_shards=total_shards) for s in SPLITS}
+    split_users = {s: 0 for s in SPLITS}
+    negatives_unavailable = 0
+    try:
+        a = 1
+        while a <= n_p:
+            # users a..b-1, about chunk_events kept events
+            b = int(np.searchsorted(startsT, startsT[a - 1] + cfg.chunk_events, side="right"))
+            b = min(max(b, a + 1), n_p + 1)
+            blocks, n_unavail = _chunk_examples(a, b, uT, iT, yT, startsT, lensT, uF, iF, startsF, cfg, attr_of,
+                                                sampler, V)
+            negatives_unavailable += n_unavail
+            for s_idx, s in enumerate(SPLITS):
+                cols = blocks[s_idx]
+                if cols is not None and len(cols["label"]):
+                    cols["user_id"] = users_p[cols["user_id"] - 1]
+                    # Shuffle the block's rows: the writer deals rows round-robin over the shards, so the
+                    # positive/negative interleaving would otherwise put all positives into even shards.
+                    perm = row_rng.permutation(len(cols["label"]))
+                    writers[s].write({key: v[perm] for key, v in cols.items()})
+                    split_users[s] += int(len(np.unique(cols["user_id"])))
+            a = b
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    return {"partition": p, "digest": digest, "events": int(len(uF)), "negatives_unavailable": negatives_unavailable,
+            "splits": {s: {**writers[s].summary(), "users": split_users[s]} for s in SPLITS}}
 
 
 def _chunk_examples(a, b, uT, iT, yT, startsT, lensT, uF, iF, startsF, cfg: ProtocolConfig, attr_of, sampler, V):

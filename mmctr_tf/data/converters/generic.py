@@ -34,8 +34,11 @@ import os
 import re
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from mmctr_tf.data.converters.common import (ConversionError, EventLog, ItemInfo, LineErrors, ProtocolConfig,
-                                             RawFilesMissing, WriteConfig, build_dataset, open_text)
+import numpy as np
+
+from mmctr_tf.data.converters.common import (MAX_ID_CHARS, AttrTable, ConversionError, EventLog, ItemInfo,
+                                             LineErrors, ProtocolConfig, RawFilesMissing, WriteConfig, build_dataset,
+                                             open_text, to_bytes_array)
 from mmctr_tf.data.converters.vectors import VectorSource
 
 USER_COLS = ("user_id", "userId", "user", "reviewerID", "uid")
@@ -212,8 +215,10 @@ def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tupl
                 continue
         else:
             t = float(n)
+        if not events.add(user, item, t):
+            errors.add(lineno, f"user or item id longer than {MAX_ID_CHARS} characters")
+            continue
         n += 1
-        events.add(user, item, t)
     return errors, order
 
 
@@ -236,7 +241,8 @@ def _last_match(rx, value: str) -> Optional[str]:
 
 
 def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
-    """ItemInfo (category, text) + the raw item id of each vector row + errors."""
+    """ItemInfo (category as an `AttrTable`, text) + the raw item id of each vector row (byte array, b'' for
+    rows without an item) + errors."""
     errors = LineErrors(path)
     rows, header = _rows_with_header(path, errors)
     ii = _pick(header, opts.item_col, ITEM_COLS, "item", path)
@@ -249,10 +255,18 @@ def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
     rx = re.compile(category_regex) if category_regex else None
     if rx is not None and rx.groups < 1:
         raise ConversionError(f"--category_regex '{category_regex}' needs one capturing group")
-    info = ItemInfo(cate={}, text={} if xi is not None else None)
-    row_items: Dict[int, str] = {}
-    seen = set()
-    duplicates = 0
+    texts: Optional[Dict[str, str]] = {} if xi is not None else None
+    parts: Dict[str, List[np.ndarray]] = {"item": [], "cate": [], "row": []}
+    buf: Dict[str, list] = {"item": [], "cate": [], "row": []}
+
+    def flush():
+        if buf["item"]:
+            parts["item"].append(to_bytes_array(buf["item"]))
+            parts["cate"].append(to_bytes_array(buf["cate"]))
+            parts["row"].append(np.array(buf["row"], np.int64))
+            for v in buf.values():
+                v.clear()
+
     data_index = -1
     need = max(x for x in (ii, ci, xi, ri) if x is not None) + 1
     for lineno, row in rows:
@@ -266,6 +280,9 @@ def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
         if not item:
             errors.add(lineno, "empty item id")
             continue
+        if len(item) > MAX_ID_CHARS:
+            errors.add(lineno, f"item id longer than {MAX_ID_CHARS} characters")
+            continue
         if ri is not None:
             try:
                 r = int(row[ri])
@@ -276,10 +293,6 @@ def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
                 continue
         else:
             r = data_index
-        if item in seen:
-            duplicates += 1
-        seen.add(item)
-        row_items.setdefault(r, item)
         text = row[xi] if xi is not None else None
         cate = None
         if ci is not None:
@@ -287,13 +300,23 @@ def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
             cate = _last_match(rx, cate) if rx is not None else _first_token(cate, sep)
         elif rx is not None and text is not None:
             cate = _last_match(rx, text)
-        if cate and item not in info.cate:
-            info.cate[item] = cate.strip()
-        if info.text is not None and text and text.strip() and item not in info.text:
-            info.text[item] = " ".join(text.split())
-    items_by_row: List[Optional[str]] = [None] * ((max(row_items) + 1) if row_items else 0)
-    for r, item in row_items.items():
-        items_by_row[r] = item
+        buf["item"].append(item)
+        buf["cate"].append(cate.strip() if cate else "")
+        buf["row"].append(r)
+        if texts is not None and text and text.strip() and item not in texts:
+            texts[item] = " ".join(text.split())
+        if len(buf["item"]) >= 262144:
+            flush()
+    flush()
+    # Compact arrays, no Python object per item: first non-empty category of each item, first item of each row.
+    items = np.concatenate(parts["item"]) if parts["item"] else np.zeros(0, "S1")
+    cates = np.concatenate(parts["cate"]) if parts["cate"] else np.zeros(0, "S1")
+    rows_of = np.concatenate(parts["row"]) if parts["row"] else np.zeros(0, np.int64)
+    duplicates = int(len(items) - len(np.unique(items)))
+    info = ItemInfo(cate=AttrTable.first_nonempty(items, cates), text=texts)
+    items_by_row = np.zeros(int(rows_of.max()) + 1 if len(rows_of) else 0, items.dtype)
+    uniq_rows, first = np.unique(rows_of, return_index=True)
+    items_by_row[uniq_rows] = items[first]
     return info, items_by_row, errors, {"category_column": header[ci] if ci is not None else None,
                                         "text_column": header[xi] if xi is not None else None,
                                         "row_column": ri is not None, "duplicate_items": duplicates}
@@ -310,7 +333,12 @@ def convert(dataset: str, raw_dir: Optional[str], out_dir: str, protocol: Protoc
         raise RawFilesMissing(f"--items={opts.items}: no such file")
     category_regex = opts.category_regex if opts.category_regex is not None else preset.get("category_regex")
     log(f"[generic] reading {files['interactions']}")
-    events = EventLog()
+    with EventLog(spill_near=out_dir) as events:
+        return _convert(dataset, out_dir, protocol, write, opts, vector_sources, log, files, category_regex, raw_dir,
+                        events)
+
+
+def _convert(dataset, out_dir, protocol, write, opts, vector_sources, log, files, category_regex, raw_dir, events):
     int_err, order = read_interactions(files["interactions"], events, opts)
     log(f"[generic] {len(events)} interactions by {len(events.users)} users on {len(events.items)} items, "
         f"ordered by {order} ({int_err.count} malformed lines)")

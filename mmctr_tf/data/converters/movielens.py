@@ -18,8 +18,8 @@ import csv
 import os
 from typing import Dict, List, Optional
 
-from mmctr_tf.data.converters.common import (EventLog, ItemInfo, LineErrors, ProtocolConfig, RawFilesMissing,
-                                             WriteConfig, build_dataset, open_text)
+from mmctr_tf.data.converters.common import (MAX_ID_CHARS, EventLog, ItemInfo, LineErrors, ProtocolConfig,
+                                             RawFilesMissing, WriteConfig, build_dataset, open_text)
 from mmctr_tf.data.converters.vectors import VectorSource
 
 LINKS = "https://grouplens.org/datasets/movielens/ (e.g. ml-20m.zip)"
@@ -91,7 +91,8 @@ def read_ratings(path: str, events: EventLog, threshold: float) -> LineErrors:
         if not user or not movie:
             errors.add(lineno, "empty user or movie id")
             continue
-        events.add(user, movie, ts, 1 if rating > threshold else 0)
+        if not events.add(user, movie, ts, 1 if rating > threshold else 0):
+            errors.add(lineno, f"user or movie id longer than {MAX_ID_CHARS} characters")
     return errors
 
 
@@ -123,15 +124,15 @@ def convert(dataset: str, raw_dir: Optional[str], out_dir: str, protocol: Protoc
     if not files["movies"]:
         log(f"[movielens] no movies.csv / movies.dat beside {files['ratings']}: every movie gets cate_id 0")
     log(f"[movielens] reading {files['ratings']}")
-    events = EventLog(with_labels=True)
-    rat_err = read_ratings(files["ratings"], events, threshold)
-    log(f"[movielens] {len(events)} ratings by {len(events.users)} users on {len(events.items)} movies "
-        f"({rat_err.count} malformed lines)")
-    info, mov_err = read_movies(files["movies"])
-    errs = [rat_err] + ([mov_err] if mov_err is not None else [])
-    return build_dataset(
-        out_dir, name=dataset, source="movielens", events=events, info=info, protocol=protocol, write=write,
-        vector_sources=list(vector_sources), raw_files=files, read_errors=errs,
-        extra={"converter": {"name": "movielens", "positive": f"rating > {threshold:g}",
-                             "category": "first genre"}},
-        log=log)
+    with EventLog(with_labels=True, spill_near=out_dir) as events:
+        rat_err = read_ratings(files["ratings"], events, threshold)
+        log(f"[movielens] {len(events)} ratings by {len(events.users)} users on {len(events.items)} movies "
+            f"({rat_err.count} malformed lines)")
+        info, mov_err = read_movies(files["movies"])
+        errs = [rat_err] + ([mov_err] if mov_err is not None else [])
+        return build_dataset(
+            out_dir, name=dataset, source="movielens", events=events, info=info, protocol=protocol, write=write,
+            vector_sources=list(vector_sources), raw_files=files, read_errors=errs,
+            extra={"converter": {"name": "movielens", "positive": f"rating > {threshold:g}",
+                                 "category": "first genre"}},
+            log=log)

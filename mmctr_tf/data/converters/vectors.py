@@ -37,7 +37,7 @@ class VectorSource:
     modality: str
     path: str
     kind: str = "npy"  # "npy" | "mcauley"
-    items: Optional[List[str]] = None  # raw ids aligned with the .npy rows
+    items: Optional[Sequence[str]] = None  # raw ids aligned with the .npy rows (list of str or byte array)
     items_file: Optional[str] = None  # where `items` comes from (for messages / the manifest)
 
     def __post_init__(self):
@@ -135,9 +135,31 @@ def _fill(table: np.ndarray, filled: np.ndarray, ids: np.ndarray, vecs: np.ndarr
     return int(m.sum()), dup
 
 
+class _IdLookup:
+    """raw item id -> item id (1..V-1, 0 = not in the vocabulary) by binary search over a sorted byte array."""
+
+    def __init__(self, item_raw):
+        from mmctr_tf.data.converters.common import to_bytes_array
+
+        raw = item_raw if isinstance(item_raw, np.ndarray) and item_raw.dtype.kind == "S" else to_bytes_array(item_raw)
+        self.order = np.argsort(raw, kind="stable")
+        self.sorted = raw[self.order]
+
+    def __call__(self, ids) -> np.ndarray:
+        from mmctr_tf.data.converters.common import to_bytes_array
+
+        q = ids if isinstance(ids, np.ndarray) and ids.dtype.kind == "S" else to_bytes_array(ids)
+        if not len(self.sorted) or not len(q):
+            return np.zeros(len(q), np.int64)
+        pos = np.minimum(np.searchsorted(self.sorted, q), len(self.sorted) - 1)
+        return np.where(self.sorted[pos] == q, self.order[pos] + 1, 0).astype(np.int64)
+
+
 def read_source(src: VectorSource, item_raw: Sequence[str], tmp_dir: Optional[str] = None, log=print):
-    """Reads one source into a float32 [V, d] array aligned with the vocabulary (row k = item id k)."""
-    raw_to_id = {r: k + 1 for k, r in enumerate(item_raw)}
+    """Reads one source into a float32 [V, d] array aligned with the vocabulary (row k = item id k).
+
+    `item_raw[k]` is the raw id of item id k + 1 (a list of str or a byte array)."""
+    raw_to_id = _IdLookup(item_raw)
     V = len(item_raw) + 1
     info = {"source": os.path.abspath(src.path), "format": src.kind}
     if src.kind == "npy":
@@ -157,7 +179,7 @@ def read_source(src: VectorSource, item_raw: Sequence[str], tmp_dir: Optional[st
         d = int(data.shape[1])
         table = np.zeros((V, d), np.float32)
         filled = np.zeros(V, bool)
-        ids = np.array([raw_to_id.get(r, 0) for r in src.items], np.int64)
+        ids = raw_to_id(src.items)
         written = dup = 0
         for s in range(0, data.shape[0], 65536):
             w, dp = _fill(table, filled, ids[s:s + 65536], np.asarray(data[s:s + 65536], np.float32))
@@ -179,7 +201,7 @@ def read_source(src: VectorSource, item_raw: Sequence[str], tmp_dir: Optional[st
     filled = np.zeros(V, bool)
     unmatched = dup = 0
     for asins, vecs in iter_mcauley(src.path, errors=errors):
-        ids = np.array([raw_to_id.get(a, 0) for a in asins], np.int64)
+        ids = raw_to_id(asins)
         unmatched += int((ids == 0).sum())
         _, dp = _fill(table, filled, ids, vecs)
         dup += dp

@@ -1,0 +1,303 @@
+"""run.compare (multi-seed sweep, resume, aggregation, reports) and run.inspect (per-example model internals)."""
+
+import dataclasses
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl.testing import flagsaver
+
+from mmctr_tf.evaluation import compare as C
+from mmctr_tf.evaluation import inspect as I
+from mmctr_tf.evaluation.metrics import rela_impr
+from mmctr_tf.training.trainer import TrainConfig, train
+from run import common
+from run import compare as compare_cli
+from run import inspect as inspect_cli
+
+MODELS = ["din", "mm_concat"]
+SEEDS = [0, 1]
+FAST = dict(epochs=2, batch_size=256, steps_per_epoch=8, verbose=0)
+TINY_FLAGS = ["--emb_dim=8", "--dnn_units=16,8", "--att_units=8,4"]
+
+
+def _cli_argv(small_dataset, out_dir, *extra):
+    return (["prog", f"--dataset={small_dataset}", "--models=din,mm_concat", "--seeds=2", "--epochs=2",
+             "--batch_size=256", "--steps_per_epoch=8", "--verbose=0", f"--out_dir={out_dir}"] + TINY_FLAGS
+            + list(extra))
+
+
+def _mtimes(root):
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            out[os.path.join(d, f)] = os.stat(os.path.join(d, f)).st_mtime_ns
+    return out
+
+
+class _CrashAfterFirstEpoch(keras.callbacks.Callback):
+    """Simulates a kill after epoch 1 (BackupAndRestore, earlier in the callback list, has saved it already)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("simulated crash after epoch 1")
+
+
+@pytest.fixture(scope="module")
+def sweep(small_dataset, tmp_path_factory):
+    """A 2-model x 2-seed sweep (2 epochs of 8 steps) whose first pass loses mm_concat-s1 after its first epoch;
+    a second pass with the same settings resumes it."""
+    out = str(tmp_path_factory.mktemp("compare") / "report")
+    with flagsaver.flagsaver():
+        common.parse_for_several_models(_cli_argv(small_dataset, out))
+        hparams = {m: common.accepted_model_hparams(m, log=lambda *a: None) for m in MODELS}
+    base = TrainConfig(dataset=small_dataset, **FAST)
+
+    def crash_mm_concat_s1(cfg, hp, log):
+        crash = [_CrashAfterFirstEpoch()] if (cfg.model, cfg.seed) == ("mm_concat", 1) else []
+        return train(cfg, hp, log=log, extra_callbacks=crash)
+
+    logs1, logs2 = [], []
+    first = C.compare(base, MODELS, SEEDS, out, hparams, train_fn=crash_mm_concat_s1, command="first",
+                      log=logs1.append)
+    before = _mtimes(os.path.join(out, "runs"))
+    with open(os.path.join(out, "runs", "mm_concat-s1", "epochs.jsonl")) as f:
+        crashed_epochs = [json.loads(x) for x in f]
+    second = C.compare(base, MODELS, SEEDS, out, hparams, command="second", log=logs2.append)
+    return {"out": out, "first": first, "second": second, "before": before, "logs1": logs1, "logs2": logs2,
+            "hparams": hparams, "base": base,
+            "crashed_epochs": crashed_epochs}
+
+
+def _run_metrics(out, model):
+    ms = []
+    for s in SEEDS:
+        with open(os.path.join(out, "runs", f"{model}-s{s}", "metrics.json")) as f:
+            ms.append(json.load(f))
+    return ms
+
+
+def test_report_files_and_json_equal_the_runs_metrics(sweep):
+    out = sweep["out"]
+    for name in ("report.md", "report.json", "report.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "report.json")) as f:
+        rep = json.load(f)
+    assert [r["model"] for r in rep["models"]] == MODELS and rep["failed"] == []
+    rows = {r["model"]: r for r in rep["models"]}
+    for m in MODELS:
+        ms = _run_metrics(out, m)
+        row = rows[m]
+        assert row["n_seeds"] == 2 and row["seeds"] == SEEDS
+        for key in ("auc", "logloss", "gauc_user"):
+            vals = [x["test"][key] for x in ms]
+            assert row["test"][key]["values"] == vals
+            assert row["test"][key]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+            assert row["test"][key]["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+        assert row["params"] == ms[0]["params"] and row["best_epochs"] == [x["best_epoch"] for x in ms]
+        assert [len(r["val_auc_curve"]) for r in row["runs"]] == [2, 2]
+    din_auc, mm_auc = rows["din"]["test"]["auc"]["mean"], rows["mm_concat"]["test"]["auc"]["mean"]
+    assert rows["mm_concat"]["rela_impr"]["of_means"] == pytest.approx((mm_auc - 0.5) / (din_auc - 0.5) - 1)
+    assert rows["din"]["rela_impr"]["of_means"] == pytest.approx(0.0)
+    md = open(os.path.join(out, "report.md")).read()
+    assert "second" in md and "impression-weighted" in md and "RelaImpr vs DIN" in md
+    assert f"{din_auc:.4f} ± {rows['din']['test']['auc']['std']:.4f}" in md
+    assert open(os.path.join(out, "report.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_run_is_reported_and_the_sweep_resumes_without_retraining(sweep):
+    first, second, out = sweep["first"], sweep["second"], sweep["out"]
+    assert [(f["model"], f["seed"]) for f in first["failed"]] == [("mm_concat", 1)]
+    assert "simulated crash" in first["failed"][0]["error"]
+    assert {r["model"]: r["n_seeds"] for r in first["models"]} == {"din": 2, "mm_concat": 1}
+    assert any("1 of 2 seeds" in n for n in first["notes"]) and "FAILED run" in C.markdown_report(first)
+    # second pass: the three finished runs were skipped, not a file of theirs changed
+    now = _mtimes(os.path.join(out, "runs"))
+    crashed = os.path.join(out, "runs", "mm_concat-s1")
+    for path, t in sweep["before"].items():
+        if not path.startswith(crashed + os.sep):
+            assert now[path] == t, path
+    logs = "\n".join(sweep["logs2"])
+    assert logs.count("finished already, skipped") == 3 and logs.count(": training ->") == 1
+    assert "run 4/4 mm_concat seed 1" in logs and "ETA" in logs and "elapsed" in logs
+    # the crashed run resumed from its backup: epoch 1 (logged before the crash) was not trained again
+    assert [r["epoch"] for r in sweep["crashed_epochs"]] == [1]
+    with open(os.path.join(crashed, "epochs.jsonl")) as f:
+        rows = [json.loads(x) for x in f]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == sweep["crashed_epochs"][0]
+    with open(os.path.join(crashed, "metrics.json")) as f:
+        assert json.load(f)["epochs_run"] == 2
+    assert second["failed"] == [] and {r["model"]: r["n_seeds"] for r in second["models"]} == {"din": 2,
+                                                                                              "mm_concat": 2}
+
+
+def test_mismatched_run_directory_is_refused(sweep):
+    base = dataclasses.replace(sweep["base"], epochs=3)
+    with pytest.raises(ValueError, match=r"din-s0.*config\.json.*epochs=2"):
+        C.compare(base, MODELS, SEEDS, sweep["out"], sweep["hparams"], log=lambda *a: None)
+    hp = {**sweep["hparams"], "din": {**sweep["hparams"]["din"], "emb_dim": 4}}
+    with pytest.raises(ValueError, match="hyper-parameters"):
+        C.compare(sweep["base"], MODELS, SEEDS, sweep["out"], hp, log=lambda *a: None)
+
+
+def test_cli_rebuilds_the_report_from_finished_runs(sweep, small_dataset, monkeypatch, capsys):
+    argv = _cli_argv(small_dataset, sweep["out"])
+    monkeypatch.setattr(sys, "argv", ["/x/run/compare.py"] + argv[1:])
+    with flagsaver.flagsaver():
+        common.parse_for_several_models(argv)
+        assert compare_cli.main([]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished already, skipped") == 4 and "| din | 0.001 | 2 |" in printed
+    with open(os.path.join(sweep["out"], "report.json")) as f:
+        rep = json.load(f)
+    assert rep["command"].startswith("python -m run.compare --dataset=") and "--seeds=2" in rep["command"]
+
+
+def test_cli_flags_keep_dataset_config_but_not_one_models_config():
+    with flagsaver.flagsaver():
+        common.parse_for_several_models(["prog", "--dataset=synthetic", "--epochs=2", "--models=din,dmae", "--emb_dim=4"])
+        assert common.FLAGS.epochs == 2 and common.FLAGS.patience == 3  # configs/datasets/synthetic.cfg applies
+        assert not common.FLAGS["att_units"].present  # configs/models/din.cfg is not applied to every model
+        hp = common.accepted_model_hparams("dmae", log=lambda *a: None)
+        assert hp["emb_dim"] == 4 and hp["lambda_dec"] == 0.5  # dmae.cfg, then the explicit flag
+        notes = []
+        assert "lambda_dec" not in common.accepted_model_hparams("din", log=notes.append)
+        common.parse_for_several_models(["prog", "--lambda_dec=0.3"])
+        assert "lambda_dec" not in common.accepted_model_hparams("din", log=notes.append)
+        assert notes and "--lambda_dec" in notes[-1]
+
+
+# ------------------------------------------------------------------------------------------- hand-made metrics
+def _rec(model, seed, test_auc, valid_auc=0.7, lr=1e-3, **extra):
+    metrics = {"test": {"auc": test_auc, "logloss": 0.5 + seed / 100, "gauc_user": test_auc - 0.01},
+               "valid": {"auc": valid_auc, "logloss": 0.5}, "params": 100, "best_epoch": 1 + seed,
+               "epochs_run": 2, "train_examples_per_sec": 1000.0 + seed, **extra}
+    return {"model": model, "seed": seed, "learning_rate": lr, "run_dir": f"/r/{model}-{lr}-s{seed}",
+            "status": "ok", "metrics": metrics, "epochs": [{"epoch": 1, "val_auc": valid_auc}]}
+
+
+def test_aggregation_maths():
+    recs = [_rec("din", s, a) for s, a in zip([0, 1, 2], [0.70, 0.72, 0.74])]
+    recs += [_rec("dmae", s, a) for s, a in zip([0, 1, 2], [0.75, 0.77, 0.76])]
+    rep = C.aggregate(recs, ["din", "dmae"])
+    din, dmae = rep["models"]
+    assert din["test"]["auc"]["mean"] == pytest.approx(0.72) and din["test"]["auc"]["std"] == pytest.approx(0.02)
+    assert dmae["test"]["auc"]["mean"] == pytest.approx(0.76) and dmae["test"]["auc"]["std"] == pytest.approx(0.01)
+    assert dmae["rela_impr"]["of_means"] == pytest.approx(0.26 / 0.22 - 1)
+    paired = [0.25 / 0.20 - 1, 0.27 / 0.22 - 1, 0.26 / 0.24 - 1]
+    assert dmae["rela_impr"]["seed_paired"]["values"] == pytest.approx(paired)
+    assert dmae["rela_impr"]["seed_paired"]["mean"] == pytest.approx(np.mean(paired))
+    assert dmae["train_examples_per_sec"]["mean"] == pytest.approx(1001.0)
+    assert dmae["test"]["gauc_request"]["n"] == 0 and dmae["best_epochs"] == [1, 2, 3]
+    assert C.summary([0.5])["std"] == 0.0 and C.summary([None])["mean"] is None
+    assert rela_impr(0.76, 0.72) == pytest.approx(dmae["rela_impr"]["of_means"])
+    md = C.markdown_report(rep)
+    assert "| dmae | 0.001 | 3 | 0.7600 ± 0.0100 |" in md and f"{100 * (0.26 / 0.22 - 1):+.2f}%" in md
+    assert "GAUC (request)" not in md
+
+    weak = C.aggregate([_rec("din", 0, 0.49), _rec("din", 1, 0.47), _rec("dmae", 0, 0.6), _rec("dmae", 1, 0.52)],
+                       ["din", "dmae"])
+    assert weak["models"][1]["rela_impr"]["of_means"] is None  # AUC_DIN <= 0.5: RelaImpr undefined, not -100%
+    assert any("not meaningful" in n for n in weak["notes"]) and "| dmae | 0.001 | 2 |" in C.markdown_report(weak)
+
+    without_din = C.aggregate([r for r in recs if r["model"] == "dmae"], ["dmae"])
+    assert without_din["models"][0]["rela_impr"] is None and without_din["baseline"] is None
+    assert any("RelaImpr omitted" in n and "not among --models" in n for n in without_din["notes"])
+    assert "RelaImpr" not in C.markdown_report(without_din).split("## Notes")[0].split("\n|")[1]
+
+
+def test_learning_rate_grid_selects_on_validation_not_test(tmp_path):
+    # lr 1e-3: worse validation, better test; lr 1e-2: better validation, worse test -> 1e-2 must be selected
+    recs = [_rec("din", s, 0.80, valid_auc=v, lr=1e-3) for s, v in zip([0, 1], [0.70, 0.72])]
+    recs += [_rec("din", s, 0.60, valid_auc=v, lr=1e-2) for s, v in zip([0, 1], [0.75, 0.73])]
+    rep = C.aggregate(recs, ["din"])
+    row = rep["models"][0]
+    assert row["selected_learning_rate"] == 1e-2
+    assert row["test"]["auc"]["mean"] == pytest.approx(0.60) and row["seeds"] == [0, 1]
+    grid = {g["learning_rate"]: g["valid_auc"]["mean"] for g in row["lr_grid"]}
+    assert grid == pytest.approx({1e-3: 0.71, 1e-2: 0.74})
+    md = C.markdown_report(rep)
+    assert "Learning-rate grid" in md and "| din | 0.01 | 0.7400 ± 0.0141 | yes |" in md
+    paths = C.write_report(rep, str(tmp_path))
+    assert json.load(open(paths["json"]))["models"][0]["lr_grid"][0]["valid_auc"]["values"] == [0.70, 0.72]
+    specs = C.plan_runs(["din"], [0, 1], [1e-3, 1e-2], "out")
+    assert [os.path.basename(s.run_dir) for s in specs] == ["din-lr0.001-s0", "din-lr0.001-s1", "din-lr0.01-s0",
+                                                            "din-lr0.01-s1"]
+    assert os.path.basename(C.plan_runs(["din"], [3], [1e-3], "out")[0].run_dir) == "din-s3"
+
+
+# ------------------------------------------------------------------------------------------- inspect
+def _built(small_dataset, model, **hparams):
+    """An untrained model on the small dataset (its tables loaded) and test example 5: enough to check what
+    inspect reads, since P (eq. 10) depends on the data only and the re-computed forward pass on nothing trained."""
+    from mmctr_tf.data.datasets import Dataset
+    from mmctr_tf.models import build_model
+
+    data = Dataset(small_dataset)
+    m = build_model(model, data.schema, data.tables, **{"emb_dim": 8, "dnn_units": [16, 8], "att_units": [8, 4],
+                                                         **hparams})
+    return m, I.load_example(data, "test", 5)
+
+
+def test_inspect_din_family_attention_and_cli(sweep, tmp_path, capsys):
+    run_dir = os.path.join(sweep["out"], "runs", "din-s0")
+    din = I.inspect_run(run_dir, 3, "test", str(tmp_path / "din.png"))
+    assert open(din["png"], "rb").read(4) == b"\x89PNG"
+    assert din["label"] in (0.0, 1.0) and 0.0 < din["prob"][0] < 1.0
+    w, attended = din["attention"]["id (backbone attention)"]
+    n = int(din["hist_len"][0])
+    assert w.shape == (1, 20) and 0 < n and np.all(w[0, n:] == 0) and np.any(w[0, :n] != 0)
+    assert attended[0].tolist() == [True] * n + [False] * (20 - n)
+    assert "predicted probability" in din["text"] and "hist_item_id" in din["text"]
+    with pytest.raises(ValueError, match="--example=99999 is out of range"):
+        I.inspect_run(run_dir, 99999, "test", str(tmp_path / "x.png"))
+    mm_dir = os.path.join(sweep["out"], "runs", "mm_concat-s0")
+    with flagsaver.flagsaver():
+        common.FLAGS(["prog", f"--run_dir={mm_dir}", "--example=3", "--split=valid", f"--out={tmp_path / 'mm.png'}"])
+        assert inspect_cli.main([]) == 0
+        common.FLAGS(["prog", f"--run_dir={tmp_path}", "--example=3"])
+        assert inspect_cli.main([]) == 2  # not a run directory: a clear error, no traceback
+    printed = capsys.readouterr()
+    assert "model mm_concat" in printed.out and "predicted probability" in printed.out
+    assert "config.json" in printed.err and "not a run directory" in printed.err
+    assert open(tmp_path / "mm.png", "rb").read(4) == b"\x89PNG"
+
+
+def test_inspect_dmae_distribution_matches_eq10(small_dataset, tmp_path):
+    model, (inputs, label) = _built(small_dataset, "dmae", l=4, n=5, mieu_dim=8, window=4, decoder_units=[16])
+    info = I.explain(model, inputs)
+    I.render(info, str(tmp_path / "dmae.png"), "dmae")
+    assert os.path.getsize(tmp_path / "dmae.png") > 0
+    n = int(info["hist_len"][0])
+    assert n > 0 and set(info["dmae"]["distribution"]) == set(model.modalities)
+    for m, (p, q) in info["dmae"]["distribution"].items():
+        r = info["dmae"]["similarity"][m][0, :n]
+        counted = ~np.isnan(r)
+        expected = np.zeros([4, 5])
+        for j in np.flatnonzero(counted):  # eq. (10), recomputed from r
+            expected[j * 4 // n, min(int(np.floor(r[j] * 5)), 4)] += 1.0 / counted.sum()
+        assert p.shape == (1, 4, 5) and p[0].sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(p[0], expected, atol=1e-6)
+        segment_share = [np.sum(counted & (np.arange(n) * 4 // n == i)) / counted.sum() for i in range(4)]
+        np.testing.assert_allclose(p[0].sum(axis=1), segment_share, atol=1e-6)  # row i = share of segment i
+        assert q.shape == (1, 4, 5) and q[0].sum() == pytest.approx(1.0, abs=1e-5)  # softmax Q
+
+
+def test_inspect_diff_msin_gates(small_dataset, tmp_path):
+    model, (inputs, _) = _built(small_dataset, "diff_msin", expert_units=16, num_heads=2, diffusion_steps=2)
+    info = I.explain(model, inputs)
+    dm = info["diff_msin"]
+    np.testing.assert_allclose(dm["prob"], info["prob"], atol=1e-6)  # parts come from the model's own pass
+    assert set(dm["mfe_gate"]) == {"id", *model.modalities}
+    assert all(0.0 < float(v.mean()) < 1.0 for v in dm["mfe_gate"].values())
+    assert list(dm["fdaf_attention"]) == [f"E^{m}" for m in model.modalities] + ["E^sh", "E^syn"]
+    assert sum(float(v[0]) for v in dm["fdaf_attention"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert {"text (target attention)", "image (target attention)"} <= set(info["attention"])
+    I.render(info, str(tmp_path / "dm.png"), "diff_msin")
+    assert os.path.getsize(tmp_path / "dm.png") > 0
+    ablated, _ = _built(small_dataset, "diff_msin", expert_units=16, num_heads=2, diffusion_steps=2, use_mfe=False,
+                        use_src=False, use_fdaf=False)  # "w/o all": no gates to show
+    assert set(I.explain(ablated, inputs)["diff_msin"]) == {"prob"}
