@@ -16,7 +16,6 @@ between rows of one run (this machine's absolute speed is noisy). `--out=bench.j
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

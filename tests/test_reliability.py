@@ -13,7 +13,6 @@ import sys
 import time
 
 import h5py
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,6 +25,7 @@ from mmctr_tf.training.trainer import load_run, train
 from run import common
 
 from conftest import REPO
+from test_training import _Kill, _SeenEpochs
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 ARGS = ["--model=din", "--epochs=4", "--steps_per_epoch=15", "--batch_size=256", "--learning_rate=0.01",
@@ -114,25 +114,6 @@ def test_sigkilled_training_resumes_within_noise(small_dataset, reference_run, t
     for split in ("valid", "test"):
         assert abs(got[split]["auc"] - ref[split]["auc"]) < AUC_TOL, (split, got[split]["auc"], ref[split]["auc"])
     assert abs(got["test"]["logloss"] - ref["test"]["logloss"]) < LOGLOSS_TOL
-
-
-class _Kill(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.at:
-            raise KeyboardInterrupt("simulated kill")
-
-
-class _SeenEpochs(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.seen.append(epoch + 1)
 
 
 def test_half_written_backup_falls_back_to_the_previous_one(small_dataset, tmp_path):
