@@ -108,6 +108,32 @@ def test_similarity_encoder_eq1_2_and_recency():
     assert tuple(enc.dense1.kernel.shape) == (8, 4)
 
 
+@pytest.mark.parametrize("use_sine_cosine", [True, False])
+def test_similarity_encoder_eq4_matches_numpy(use_sine_cosine):
+    """The layer projects the bucket and position tables before the lookup (no [B, L, 2d] concat); the result
+    must equal eq. (4) written out literally: ReLU(W2 [ReLU(W1 [r_d ; r_sc] + b1) ; PE[T - j]] + b2)."""
+    nb, d, L = 6, 4, 5
+    enc = SimilarityEncoder(num_buckets=nb, dim=d, seq_len=L, use_sine_cosine=use_sine_cosine)
+    r = tf.constant([[0.05, 0.5, 0.99, 1.0, 0.3], [0.7, 0.2, 0.0, 0.0, 0.0]])
+    hist_len = [5, 2]
+    mask = _mask(hist_len, L)
+    enc(r, mask, tf.constant(hist_len))
+    rng = np.random.default_rng(0)
+    enc.set_weights([rng.normal(size=w.shape).astype("float32") for w in enc.get_weights()])
+    out = enc(r, mask, tf.constant(hist_len)).numpy()
+    rn = r.numpy()
+    r_d = (enc.w.numpy() * rn + enc.b.numpy())[..., None] * enc.bucket_emb.embeddings.numpy()[
+        np.floor(rn * (nb - 1)).astype(int)]
+    parts = [r_d, sine_cosine_encoding(r, d).numpy()] if use_sine_cosine else [r_d]
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    h = relu(np.concatenate(parts, -1) @ enc.dense1.kernel.numpy() + enc.dense1.bias.numpy())
+    rec = np.clip(np.array(hist_len)[:, None] - 1 - np.arange(L)[None], 0, L - 1)
+    pe = enc.pos_emb.embeddings.numpy()[rec]
+    want = relu(np.concatenate([h, pe], -1) @ enc.dense2.kernel.numpy() + enc.dense2.bias.numpy())
+    want *= mask.numpy()[..., None]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ MIFU eq. (5)-(9)
 def test_sliding_window_is_local_and_masks_padding():
     L, d = 16, 8
@@ -133,6 +159,28 @@ def test_sliding_window_is_local_and_masks_padding():
     # window 1 (only itself) without residual = x_i W_V
     att1 = SlidingWindowAttention(dim=d, window=1, residual=False)
     np.testing.assert_allclose(att1(x, mask).numpy()[0], att1.v(x).numpy()[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 4, 5, 10])
+def test_sliding_window_matches_dense_band_attention(window):
+    """eq. (5)-(6) by brute force: out_i = x_i + sum_{j valid, |i - j| <= w // 2} softmax_j(q_i . k_j / sqrt(d)) v_j
+    for valid i, 0 elsewhere; the blocked implementation must agree for windows that do and do not divide L."""
+    L, d = 13, 4
+    att = SlidingWindowAttention(dim=d, window=window)
+    x = tf.random.stateless_normal([3, L, d], seed=[7, window])
+    hist_len = [13, 6, 0]
+    mask = _mask(hist_len, L)
+    out = att(x, mask).numpy()
+    xn = x.numpy() * mask.numpy()[..., None]
+    q, k, v = (xn @ layer.kernel.numpy() for layer in (att.q, att.k, att.v))
+    want = np.zeros_like(xn)
+    for b, n in enumerate(hist_len):
+        for i in range(n):
+            js = [j for j in range(n) if abs(i - j) <= window // 2]
+            s = np.array([q[b, i] @ k[b, j] for j in js]) / math.sqrt(d)
+            a = np.exp(s - s.max())
+            want[b, i] = xn[b, i] + (a / a.sum()) @ v[b, js]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
 def test_sliding_window_builds_no_LxL_tensor():

@@ -39,12 +39,13 @@ class TargetAttention(keras.layers.Layer):
         dense = self.mlp.dense[0]
         w_q, w_k, w_d, w_p = tf.split(tf.convert_to_tensor(dense.kernel), 4, axis=0)
         per_example = tf.matmul(query, w_q + w_d) + dense.bias  # [B, u]
-        per_slot = tf.einsum("bld,du->blu", keys, w_k - w_d) + tf.einsum("bld,du->blu", query[:, None, :] * keys, w_p)
-        return per_slot + per_example[:, None, :]
+        per_slot = tf.einsum("bld,du->blu", keys, w_k - w_d) + tf.einsum("bld,du->blu", tf.expand_dims(query, 1) * keys, w_p)
+        return per_slot + tf.expand_dims(per_example, 1)
 
     def call(self, query, keys, mask, values=None, training=None):
         values = keys if values is None else values
-        scores = self.mlp.after_first_dense(self.first_layer(query, keys), training=training)[..., 0]  # [B, L]
+        # squeeze, not [..., 0]: a strided slice's gradient is slow on CPU
+        scores = tf.squeeze(self.mlp.after_first_dense(self.first_layer(query, keys), training=training), -1)  # [B, L]
         if self.normalization == "softmax":
             scores = tf.where(mask, scores, tf.fill(tf.shape(scores), -1e9))
             weights = tf.nn.softmax(scores, axis=-1)

@@ -107,12 +107,21 @@ class SimilarityEncoder(keras.layers.Layer):
         mask = tf.cast(mask, tf.bool)
         if hist_len is None:
             hist_len = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
-        parts = [self.discretize(r)]
+        d = self.dim
+        # eq. (4) with W1 = [W1_d ; W1_sc] and W2 = [W2_h ; W2_pe] split by input block: the embedding parts are
+        # projected on the (tiny) tables before the lookup, so neither [B, L, 2d] input is ever concatenated.
+        # Equal to dense(concat(...)) of the eq.; the weights keep the Dense layout.
+        w1 = tf.split(tf.convert_to_tensor(self.dense1.kernel), 2 if self.use_sine_cosine else 1, axis=0)
+        w2_h, w2_pe = tf.split(tf.convert_to_tensor(self.dense2.kernel), 2, axis=0)
+        r_hat = self.w * r + self.b  # eq. (1)
+        bucket_w1 = tf.matmul(tf.convert_to_tensor(self.bucket_emb.embeddings), w1[0])  # eq. (2) times W1_d
+        h = tf.expand_dims(r_hat, -1) * tf.gather(bucket_w1, bucket_index(r, self.num_buckets)) + self.dense1.bias
         if self.use_sine_cosine:
-            parts.append(sine_cosine_encoding(r, self.dim))  # eq. (3)
-        h = self.dense1(tf.concat(parts, axis=-1))
-        pe = self.pos_emb(recency_index(hist_len, tf.shape(r)[1], self.seq_len))
-        out = self.dense2(tf.concat([h, pe], axis=-1))  # eq. (4)
+            h += tf.einsum("bld,de->ble", sine_cosine_encoding(r, d), w1[1])  # eq. (3) times W1_sc
+        h = tf.nn.relu(h)
+        pos_w2 = tf.matmul(tf.convert_to_tensor(self.pos_emb.embeddings), w2_pe)  # PE times W2_pe
+        pe = tf.gather(pos_w2, recency_index(hist_len, tf.shape(r)[1], self.seq_len))
+        out = tf.nn.relu(tf.einsum("bld,de->ble", h, w2_h) + pe + self.dense2.bias)  # eq. (4)
         return out * tf.cast(mask, out.dtype)[..., None]
 
     def get_config(self):
@@ -144,7 +153,7 @@ class SlidingWindowAttention(keras.layers.Layer):
             raise ValueError(f"SlidingWindowAttention: window must be >= 1, got {window}")
         self.dim, self.window, self.residual = int(dim), int(window), bool(residual)
         self.half = self.window // 2
-        self.block = max(2 * self.half, 1)  # query block size (>= half, so a window spans <= 3 blocks)
+        self.block = max(2 * self.half, 1)  # query block size 2h: a block's keys are two blocks shifted by h
         self.q = keras.layers.Dense(self.dim, use_bias=False, name="w_q")
         self.k = keras.layers.Dense(self.dim, use_bias=False, name="w_k")
         self.v = keras.layers.Dense(self.dim, use_bias=False, name="w_v")
@@ -157,13 +166,19 @@ class SlidingWindowAttention(keras.layers.Layer):
 
     def blocks(self, x, nb: int):
         """[B, L, ...] -> key/value windows [B, nb, b + 2h, ...] of the query blocks of size b = block: window n
-        holds slots n*b - h .. n*b + b - 1 + h (zero / False outside [0, L)). Reshapes and slices only."""
+        holds slots n*b - h .. n*b + b - 1 + h (zero / False outside [0, L)). With b = 2h that is two consecutive
+        blocks of x shifted right by h, so it is one pad, one reshape and one two-piece concat."""
         b, h = self.block, self.half
         L = tf.shape(x)[1]
         rest = [[0, 0]] * (len(x.shape) - 2)
-        xp = tf.pad(x, [[0, 0], [b, nb * b - L + b]] + rest)  # one empty block before, up to one after
-        xb = tf.reshape(xp, tf.concat([tf.shape(x)[:1], [nb + 2, b], tf.shape(x)[2:]], 0))
-        return tf.concat([xb[:, :-2, b - h:], xb[:, 1:-1], xb[:, 2:, :h]], axis=2)
+        xp = tf.pad(x, [[0, 0], [h, (nb + 1) * b - L - h]] + rest)
+        xb = tf.reshape(xp, tf.concat([tf.shape(x)[:1], [nb + 1, b], tf.shape(x)[2:]], 0))
+        # tf.slice, not xb[:, :-1]: the gradient of a strided slice (StridedSliceGrad) costs more on CPU than
+        # the rest of this layer together; tf.slice's gradient is a pad
+        rest = [0] * (len(x.shape) - 1)  # xb has one axis more than x
+        size = [-1, nb] + [-1] * len(rest)
+        first = tf.slice(xb, [0, 0] + rest, size)
+        return tf.concat([first, tf.slice(xb, [0, 1] + rest, size)], axis=2) if h else first
 
     def call(self, x, mask):
         mask = tf.cast(mask, tf.bool)
@@ -181,7 +196,8 @@ class SlidingWindowAttention(keras.layers.Layer):
         band = (rel >= 0) & (rel <= 2 * h)
         valid = band[None, None] & mk[:, :, None, :] & mq[..., None]
         att = masked_softmax(scores, valid)
-        out = tf.reshape(tf.einsum("bnij,bnjd->bnid", att, vw), [-1, nb * b, self.dim])[:, :L]
+        out = tf.slice(tf.reshape(tf.einsum("bnij,bnjd->bnid", att, vw), [-1, nb * b, self.dim]), [0, 0, 0],
+                       [-1, L, -1])
         if self.residual:
             out = out + x
         return out * mf
@@ -223,10 +239,12 @@ class CrossModalInterestAttention(keras.layers.Layer):
         """eq. (8)/(9) for modality `index` (0 or 1) with context vector query_ctx [B, d] from the other one."""
         p = self.proj[index]
         q = p["q"](query_ctx)  # [B, d]
-        k, v = p["k"](seq), p["v"](seq)  # [B, L, d]
-        scores = tf.einsum("bd,bld->bl", q, k) / math.sqrt(self.dim)
+        # q . (s_l W_K) = (q W_K^T) . s_l and sum_l a_l (s_l W_V) = (sum_l a_l s_l) W_V: the keys and values are
+        # never projected slot by slot (same result, no [B, L, d] projections)
+        q_k = tf.matmul(q, tf.convert_to_tensor(p["k"].kernel), transpose_b=True)  # [B, d_in]
+        scores = tf.einsum("bd,bld->bl", q_k, seq) / math.sqrt(self.dim)
         att = masked_softmax(scores, tf.cast(mask, tf.bool))
-        return tf.einsum("bl,bld->bd", att, v)
+        return p["v"](tf.einsum("bl,bld->bd", att, seq))
 
     def call(self, seq1, seq2, mask1, mask2):
         pool1, pool2 = self.pool(seq1, mask1), self.pool(seq2, mask2)
@@ -265,12 +283,15 @@ class InterestDistribution(keras.layers.Layer):
         j = tf.range(L, dtype=tf.int32)[None, :]
         seg = tf.clip_by_value((j * self.l) // tf.maximum(hl, 1), 0, self.l - 1)  # [B, L]
         bins = tf.clip_by_value(tf.cast(tf.floor(r * float(self.n)), tf.int32), 0, self.n - 1)
-        counted = mask & (j < hl)
-        cells = tf.one_hot(seg * self.n + bins, self.l * self.n, dtype=tf.float32)
-        cells = cells * tf.cast(counted, tf.float32)[..., None]
-        total = tf.reduce_sum(tf.cast(counted, tf.float32), axis=1)[:, None]
-        p = tf.reduce_sum(cells, axis=1) / tf.maximum(total, 1.0)
-        return tf.stop_gradient(tf.reshape(p, [-1, self.l, self.n]))
+        counted = tf.cast(mask & (j < hl), tf.float32)
+        # histogram per row: add each counted slot to cell (row, segment, bin) (no [B, L, l*n] one-hot)
+        cells = self.l * self.n
+        rows = tf.shape(r)[0]
+        ids = tf.range(rows)[:, None] * cells + seg * self.n + bins
+        counts = tf.math.unsorted_segment_sum(tf.reshape(counted, [-1]), tf.reshape(ids, [-1]), rows * cells)
+        total = tf.reduce_sum(counted, axis=1)[:, None, None]
+        p = tf.reshape(counts, [-1, self.l, self.n]) / tf.maximum(total, 1.0)
+        return tf.stop_gradient(p)
 
     def get_config(self):
         return {**super().get_config(), "l": self.l, "n": self.n}

@@ -69,8 +69,8 @@ class DMAE(DIN):
         out = {}
         for m in self.modalities:
             tv, hv, tp, hp = feats["vec"][m]
-            mask = feats["mask"] & (hp > 0) & (tp > 0)[:, None]
-            r = (safe_cosine(tv[:, None, :], hv) + 1.0) / 2.0
+            mask = feats["mask"] & (hp > 0) & tf.expand_dims(tp > 0, 1)
+            r = (safe_cosine(tf.expand_dims(tv, 1), hv) + 1.0) / 2.0
             out[m] = (tf.where(mask, r, tf.zeros_like(r)), mask)
         return out
 
