@@ -169,6 +169,7 @@ def test_sigkilled_export_keeps_previous_version_and_next_export_works(reference
 
     second = sm.export_model(model, base, verify_batch=batch, log=lambda *a: None)
     assert second == os.path.join(base, "2")
+    assert sorted(os.listdir(base)) == ["1", "2"]  # the killed export's temporary directory is cleaned up
     out = tf.saved_model.load(second).signatures["serving_tf_example"](
         examples=tf.constant(sm.serialize_examples(batch, model.schema)))["probability"].numpy()
     np.testing.assert_allclose(out, before, atol=1e-6)

@@ -22,7 +22,7 @@ tf.data pipeline per request, which measured 1.7x the tf.Example signature's lat
 Export is atomic and verified: the archive is written to a hidden temporary directory under `export_dir` (TF
 Serving ignores non-numeric names), reloaded with `tf.saved_model.load`, both signatures are checked against the
 Keras model on a batch, and only then renamed to its version number. An interrupted export leaves previous
-versions intact.
+versions intact; the next export on the same host deletes its temporary directory.
 """
 
 from __future__ import annotations
@@ -75,6 +75,26 @@ def parse_serving_examples(serialized, schema: Schema) -> Dict[str, tf.Tensor]:
     return out
 
 
+def remove_stale_temporaries(export_dir: str) -> list:
+    """Deletes `.tmp-<version>-<pid>` directories of exports killed mid-write: those whose process no longer runs
+    on this host (a live pid, or a name not of that form, is left alone). Returns the removed paths."""
+    removed = []
+    for name in os.listdir(export_dir) if os.path.isdir(export_dir) else []:
+        pid = name.rsplit("-", 1)[-1]
+        if not (name.startswith(".tmp-") and pid.isdigit()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (maybe another export)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # exists, owned by someone else
+        shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+        removed.append(os.path.join(export_dir, name))
+    return removed
+
+
 def next_version(export_dir: str) -> int:
     versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()] if os.path.isdir(export_dir) else []
     return max(versions, default=0) + 1
@@ -101,6 +121,8 @@ def export_model(model: keras.Model, export_dir: str, version: Optional[int] = N
     """Writes `model` as `<export_dir>/<version>` and returns that path (see module docstring)."""
     schema: Schema = model.schema
     os.makedirs(export_dir, exist_ok=True)
+    for path in remove_stale_temporaries(export_dir):
+        log(f"[export] removed {path}, left by an interrupted export")
     version = int(version) if version is not None else next_version(export_dir)
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):

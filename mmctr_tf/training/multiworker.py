@@ -342,7 +342,7 @@ def train(cfg, hparams: Optional[dict] = None, log=print, strategy=None) -> dict
 
     result = {
         "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "run_dir": run_dir,
-        "backbone": hparams.get("backbone", "din"),
+        "backbone": getattr(model, "backbone_name", None),
         "best_epoch": best.state["best_epoch"], "best_val_auc_keras": best.state["best"],
         "epochs_run": len(cb.read_epochs(out_dir)), "params": int(model.count_params()),
         "replicas": replicas, "workers": workers, "global_batch": global_batch,

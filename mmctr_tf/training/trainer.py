@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
         model.load_weights(best.weights_path)
     result = {
         "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "run_dir": run_dir,
-        "backbone": hparams.get("backbone", "din"),
+        "backbone": getattr(model, "backbone_name", None),  # None for models without a sequence backbone
         "best_epoch": best.state["best_epoch"], "best_val_auc_keras": best.state["best"],
         "epochs_run": len(cb.read_epochs(run_dir)), "params": int(model.count_params()),
         "replicas": replicas, "global_batch": global_batch,
