@@ -39,7 +39,8 @@ class TargetAttention(keras.layers.Layer):
         dense = self.mlp.dense[0]
         w_q, w_k, w_d, w_p = tf.split(tf.convert_to_tensor(dense.kernel), 4, axis=0)
         per_example = tf.matmul(query, w_q + w_d) + dense.bias  # [B, u]
-        per_slot = tf.einsum("bld,du->blu", keys, w_k - w_d) + tf.einsum("bld,du->blu", tf.expand_dims(query, 1) * keys, w_p)
+        per_slot = (tf.einsum("bld,du->blu", keys, w_k - w_d)
+                    + tf.einsum("bld,du->blu", tf.expand_dims(query, 1) * keys, w_p))
         return per_slot + tf.expand_dims(per_example, 1)
 
     def call(self, query, keys, mask, values=None, training=None):

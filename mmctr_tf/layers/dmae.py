@@ -175,10 +175,10 @@ class SlidingWindowAttention(keras.layers.Layer):
         xb = tf.reshape(xp, tf.concat([tf.shape(x)[:1], [nb + 1, b], tf.shape(x)[2:]], 0))
         # tf.slice, not xb[:, :-1]: the gradient of a strided slice (StridedSliceGrad) costs more on CPU than
         # the rest of this layer together; tf.slice's gradient is a pad
-        rest = [0] * (len(x.shape) - 1)  # xb has one axis more than x
-        size = [-1, nb] + [-1] * len(rest)
-        first = tf.slice(xb, [0, 0] + rest, size)
-        return tf.concat([first, tf.slice(xb, [0, 1] + rest, size)], axis=2) if h else first
+        tail = [0] * (len(x.shape) - 1)  # xb has one axis more than x
+        size = [-1, nb] + [-1] * len(tail)
+        first = tf.slice(xb, [0, 0] + tail, size)
+        return tf.concat([first, tf.slice(xb, [0, 1] + tail, size)], axis=2) if h else first
 
     def call(self, x, mask):
         mask = tf.cast(mask, tf.bool)
