@@ -64,6 +64,24 @@ def _wait_for(cond, proc, timeout, what):
         time.sleep(0.01)
 
 
+def _kill_when(module, argv, log_path, cond, what, delay, check=None):
+    """Starts `python -m module argv`, waits until `cond()` holds, sleeps `delay` seconds, runs `check(proc)` (if
+    given) and SIGKILLs the process; returns it (ended)."""
+    proc, log = _start(module, argv, log_path)
+    try:
+        _wait_for(cond, proc, 240, what)
+        time.sleep(delay)
+        if check is not None:
+            check(proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    return proc
+
+
 def _finite_h5(path):
     ok = []
     with h5py.File(path, "r") as f:
@@ -86,18 +104,14 @@ def test_sigkilled_training_resumes_within_noise(small_dataset, reference_run, t
     run = str(tmp_path / "killed")
     argv = [*ARGS, f"--dataset={small_dataset}", f"--run_dir={run}"]
     epochs_log = os.path.join(run, cb.EPOCHS_LOG)
-    proc, log = _start("run.train", argv, tmp_path / "first.log")
-    try:
-        _wait_for(lambda: os.path.exists(epochs_log) and os.path.getsize(epochs_log) > 0, proc, 240,
-                  "the first epoch's log line")
-        time.sleep(random.Random(8).uniform(0.0, 1.5))  # seeded random moment inside the following epochs
-        assert proc.poll() is None, "training finished before the kill; lengthen the run"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+    def still_running(p):
+        assert p.poll() is None, "training finished before the kill; lengthen the run"
+
+    proc = _kill_when("run.train", argv, tmp_path / "first.log",
+                      lambda: os.path.exists(epochs_log) and os.path.getsize(epochs_log) > 0,
+                      "the first epoch's log line",
+                      random.Random(8).uniform(0.0, 1.5),  # seeded random moment inside the following epochs
+                      check=still_running)
     assert proc.returncode == -signal.SIGKILL and not os.path.exists(os.path.join(run, "metrics.json"))
     with open(os.path.join(run, "backup", "training_metadata.json")) as f:
         backed_up = json.load(f)["epoch"]
@@ -147,17 +161,9 @@ def test_sigkilled_export_keeps_previous_version_and_next_export_works(reference
     before = tf.saved_model.load(first).signatures["serving_default"](
         **{k: tf.constant(batch[k]) for k in model.schema.model_inputs})["probability"].numpy()
 
-    proc, log = _start("run.export", [f"--run_dir={run}", f"--export_dir={base}"], tmp_path / "export.log")
-    try:
-        _wait_for(lambda: any(d.startswith(".tmp-2-") for d in os.listdir(base)), proc, 240,
-                  "the export's temporary directory")
-        time.sleep(random.Random(3).uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+    proc = _kill_when("run.export", [f"--run_dir={run}", f"--export_dir={base}"], tmp_path / "export.log",
+                      lambda: any(d.startswith(".tmp-2-") for d in os.listdir(base)),
+                      "the export's temporary directory", random.Random(3).uniform(0.0, 0.3))
     entries = sorted(os.listdir(base))
     assert proc.returncode == -signal.SIGKILL
     leftovers = [e for e in entries if e.startswith(".tmp-2-")]
