@@ -114,8 +114,9 @@ def test_similarity_encoder_eq4_matches_numpy(use_sine_cosine):
     must equal eq. (4) written out literally: ReLU(W2 [ReLU(W1 [r_d ; r_sc] + b1) ; PE[T - j]] + b2)."""
     nb, d, L = 6, 4, 5
     enc = SimilarityEncoder(num_buckets=nb, dim=d, seq_len=L, use_sine_cosine=use_sine_cosine)
-    r = tf.constant([[0.05, 0.5, 0.99, 1.0, 0.3], [0.7, 0.2, 0.0, 0.0, 0.0]])
-    hist_len = [5, 2]
+    # row 2: hist_len beyond L (recency indices clipped to the table; the layer's [hist_len, slot] table too)
+    r = tf.constant([[0.05, 0.5, 0.99, 1.0, 0.3], [0.7, 0.2, 0.0, 0.0, 0.0], [0.4, 0.8, 0.1, 0.6, 0.9]])
+    hist_len = [5, 2, 11]
     mask = _mask(hist_len, L)
     enc(r, mask, tf.constant(hist_len))
     rng = np.random.default_rng(0)
@@ -161,14 +162,14 @@ def test_sliding_window_is_local_and_masks_padding():
     np.testing.assert_allclose(att1(x, mask).numpy()[0], att1.v(x).numpy()[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("window", [1, 4, 5, 10])
-def test_sliding_window_matches_dense_band_attention(window):
+@pytest.mark.parametrize("window,L", [(1, 13), (4, 13), (5, 13), (10, 13), (4, 12), (10, 20)])
+def test_sliding_window_matches_dense_band_attention(window, L):
     """eq. (5)-(6) by brute force: out_i = x_i + sum_{j valid, |i - j| <= w // 2} softmax_j(q_i . k_j / sqrt(d)) v_j
-    for valid i, 0 elsewhere; the blocked implementation must agree for windows that do and do not divide L."""
-    L, d = 13, 4
+    for valid i, 0 elsewhere; the blocked implementation must agree whether or not the block size divides L."""
+    d = 4
     att = SlidingWindowAttention(dim=d, window=window)
     x = tf.random.stateless_normal([3, L, d], seed=[7, window])
-    hist_len = [13, 6, 0]
+    hist_len = [L, 6, 0]
     mask = _mask(hist_len, L)
     out = att(x, mask).numpy()
     xn = x.numpy() * mask.numpy()[..., None]

@@ -87,11 +87,12 @@ def differs(a, b, tol=1e-4):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) > tol
 
 
-def random_request(schema, n, rng, width=L):
+def random_request(schema, n, rng, width=L, full=False):
+    """n random requests with histories of random length (every slot a behaviour with `full`)."""
     req = {"user_id": rng.integers(1, schema.vocab["user_id"], n)}
     for f in schema.item_features:
         req[f] = rng.integers(1, schema.vocab[f], n)
-    req["hist_len"] = rng.integers(0, width + 1, n)
+    req["hist_len"] = np.full(n, width) if full else rng.integers(0, width + 1, n)
     pad = np.arange(width)[None, :] >= req["hist_len"][:, None]
     for f in schema.hist_features:
         h = rng.integers(1, schema.vocab_of(f), (n, width))
@@ -119,10 +120,7 @@ def test_batch_sizes_match_the_keras_model(served, n):
 def test_empty_histories(served):
     _, loaded, schema = served
     rng = np.random.default_rng(1)
-    req = random_request(schema, 4, rng)
-    req["hist_len"][:] = L
-    for f in schema.hist_features:
-        req[f] = rng.integers(1, schema.vocab_of(f), (4, L))
+    req = random_request(schema, 4, rng, full=True)
     empty = copy(req)
     empty["hist_len"][:] = 0
     for f in schema.hist_features:
@@ -171,10 +169,7 @@ def test_longer_sequences_keep_the_most_recent(served):
 def test_out_of_vocabulary_and_negative_ids_are_row_0(served):
     _, loaded, schema = served
     rng = np.random.default_rng(3)
-    req = random_request(schema, 8, rng)
-    req["hist_len"][:] = L
-    for f in schema.hist_features:
-        req[f] = rng.integers(1, schema.vocab_of(f), (8, L))
+    req = random_request(schema, 8, rng, full=True)
     bad, zero = copy(req), copy(req)
     big = {"user_id": schema.vocab["user_id"], "item_id": -1, "cate_id": 2 ** 62}
     for f, v in big.items():
@@ -192,10 +187,7 @@ def test_out_of_vocabulary_and_negative_ids_are_row_0(served):
 def test_hist_len_beyond_the_width_and_negative(served):
     _, loaded, schema = served
     rng = np.random.default_rng(4)
-    req = random_request(schema, 6, rng)
-    req["hist_len"][:] = L
-    for f in schema.hist_features:
-        req[f] = rng.integers(1, schema.vocab_of(f), (6, L))
+    req = random_request(schema, 6, rng, full=True)
     over = copy(req)
     over["hist_len"][:] = [L + 1, 100, 2 ** 40, 2 ** 63 - 1, L + 3, 10 * L]
     np.testing.assert_allclose(score(loaded, over, schema), score(loaded, req, schema), atol=1e-6)

@@ -136,6 +136,31 @@ def test_jit_compiled_training(small_dataset, tmp_path):
     assert np.isfinite(result["test"]["auc"])
 
 
+@pytest.mark.parametrize("name", ["mm_concat", "simtier", "dmae", "diff_msin"])
+def test_multimodal_models_train_under_mixed_float16(small_dataset, name):
+    """Keras' mixed_float16 policy (`run.bench --mixed_precision` on a GPU; float16 matmuls also run on CPU):
+    the float32 frozen tables, cosines and auxiliary losses meet float16 activations. Each model used to fail
+    here (dtype mismatches, and Diff-MSIN's cosines gave NaN: eps = 1e-12 is 0 in float16)."""
+    from mmctr_tf.models import MODELS, accepted_hparams, build_model
+
+    small = dict(emb_dim=4, dnn_units=[16, 8], att_units=[8, 4], simtier_dim=2, expert_units=16, num_heads=2,
+                 diffusion_steps=2, tokens_per_vector=4)
+    data = Dataset(small_dataset)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(name, data.schema, data.tables,
+                            **{k: v for k, v in small.items() if k in accepted_hparams(MODELS[name])})
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", run_eagerly=True)
+        hist = model.fit(data.tf_dataset("train", 64, shuffle=True, seed=0, repeat=True), steps_per_epoch=3,
+                         epochs=1, verbose=0)
+        feats, _ = next(iter(data.tf_dataset("test", 32)))
+        p = np.asarray(model(feats, training=False), np.float32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(hist.history["loss"][-1])
+    assert p.shape == (32,) and np.all(np.isfinite(p))
+
+
 def test_nonfinite_guard_names_the_step():
     guard = cb.NonFiniteGuard()
     guard.on_epoch_begin(4)

@@ -121,7 +121,7 @@ class SimTier(keras.layers.Layer):
 
     def call(self, target, hist, valid):
         n = self.counts(target, hist, valid)
-        feat = tf.math.log1p(n)[..., None] * self.tier_emb[None]  # [B, num_bins, dim]
+        feat = tf.cast(tf.math.log1p(n), self.compute_dtype)[..., None] * self.tier_emb[None]  # [B, num_bins, dim]
         return tf.reshape(feat, [-1, self.output_dim])
 
     def get_config(self):

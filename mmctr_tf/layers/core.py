@@ -30,9 +30,10 @@ def masked_mean(x, mask, axis: int = 1):
 def safe_cosine(a, b, axis: int = -1, eps: float = 1e-12):
     """Cosine similarity that is 0 (not NaN) when either vector is zero (a missing modality, an all-zero ReLU
     output), with a finite gradient there too: both sides are l2-normalised with rsqrt(max(sum x^2, eps)), so sqrt is
-    never evaluated at 0 (its gradient there is inf, and inf * 0 = NaN poisons XLA-compiled training)."""
-    a = tf.math.l2_normalize(a, axis=axis, epsilon=eps)
-    b = tf.math.l2_normalize(b, axis=axis, epsilon=eps)
+    never evaluated at 0 (its gradient there is inf, and inf * 0 = NaN poisons XLA-compiled training).
+    Computed and returned in float32 whatever the inputs' dtype (in float16, eps = 1e-12 rounds to 0)."""
+    a = tf.math.l2_normalize(tf.cast(a, tf.float32), axis=axis, epsilon=eps)
+    b = tf.math.l2_normalize(tf.cast(b, tf.float32), axis=axis, epsilon=eps)
     return tf.reduce_sum(a * b, axis=axis)
 
 

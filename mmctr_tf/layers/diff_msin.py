@@ -157,8 +157,8 @@ class MultimodalExperts(keras.layers.Layer):
             w = gate[m] = self.gates[m](expert[m])
             fused[m] = w * expert[m] + (1.0 - w) * shared
         if training and self.con_weight > 0:
-            loss = contrastive_loss([shared] + [expert[m] for m in self.modalities_],
-                                    [share[m] for m in self.modalities_])
+            loss = tf.cast(contrastive_loss([shared] + [expert[m] for m in self.modalities_],
+                                            [share[m] for m in self.modalities_]), tf.float32)
             self.add_loss(self.con_weight * loss)
             self.con_loss_tracker.update_state(loss)
         return {"expert": expert, "share": share, "shared": shared, "fused": fused, "gate": gate}
@@ -261,7 +261,7 @@ class SynergyDiffusion(keras.layers.Layer):
         keep = [tf.ones_like(v[..., :1]) if mk is None else tf.cast(mk[i], v.dtype)[..., None]
                 for i, v in enumerate(h)]
         h = [v * keep[i] for i, v in enumerate(h)]
-        sa, s1a, c = (tf.constant(v) for v in self.step_coefficients())
+        sa, s1a, c = (tf.constant(v, dtype=h[0].dtype) for v in self.step_coefficients())
         T = self.steps
         noisy = bool(training)
         base = (keras.random.randint((2,), 0, 2 ** 30, seed=self.seed_generator, dtype="int32")
@@ -326,7 +326,7 @@ class SynergyObjective(keras.layers.Layer):
         return e_syn, e_target, cosine(e_syn, e_target)
 
     def loss(self, y, cos, sample_weight=None):
-        per = synergy_hinge(y, cos, self.margin)
+        per = synergy_hinge(y, tf.cast(cos, tf.float32), self.margin)
         if sample_weight is not None:
             per = per * tf.cast(tf.reshape(sample_weight, [-1]), per.dtype)
         value = tf.reduce_mean(per)

@@ -21,6 +21,11 @@ def _neg_large(dtype) -> float:
     return -3.0e4 if tf.as_dtype(dtype) in (tf.float16, tf.bfloat16) else -1.0e9
 
 
+def _f32(variable):
+    """A weight's value as float32 (under a mixed precision policy a variable read inside `call` is float16)."""
+    return tf.cast(tf.convert_to_tensor(variable), tf.float32)
+
+
 def masked_softmax(scores, valid, axis: int = -1):
     """Softmax over the valid entries of `scores`; rows without a valid entry give all-zero weights (not NaN)."""
     scores = tf.where(valid, scores, tf.cast(_neg_large(scores.dtype), scores.dtype))
@@ -99,8 +104,9 @@ class SimilarityEncoder(keras.layers.Layer):
     def discretize(self, r):
         """eq. (1)-(2): r_d [..., d]."""
         r = tf.clip_by_value(tf.cast(r, tf.float32), 0.0, 1.0)
-        r_hat = self.w * r + self.b  # eq. (1)
-        return r_hat[..., None] * self.bucket_emb(bucket_index(r, self.num_buckets))  # eq. (2)
+        r_hat = _f32(self.w) * r + _f32(self.b)  # eq. (1)
+        bucket = tf.gather(_f32(self.bucket_emb.embeddings), bucket_index(r, self.num_buckets))
+        return r_hat[..., None] * bucket  # eq. (2)
 
     def call(self, r, mask, hist_len=None):
         r = tf.clip_by_value(tf.cast(r, tf.float32), 0.0, 1.0)
@@ -110,19 +116,29 @@ class SimilarityEncoder(keras.layers.Layer):
         d = self.dim
         # eq. (4) with W1 = [W1_d ; W1_sc] and W2 = [W2_h ; W2_pe] split by input block: the embedding parts are
         # projected on the (tiny) tables before the lookup, so neither [B, L, 2d] input is ever concatenated.
-        # Equal to dense(concat(...)) of the eq.; the weights keep the Dense layout.
-        w1 = tf.split(tf.convert_to_tensor(self.dense1.kernel), 2 if self.use_sine_cosine else 1, axis=0)
-        w2_h, w2_pe = tf.split(tf.convert_to_tensor(self.dense2.kernel), 2, axis=0)
-        r_hat = self.w * r + self.b  # eq. (1)
-        bucket_w1 = tf.matmul(tf.convert_to_tensor(self.bucket_emb.embeddings), w1[0])  # eq. (2) times W1_d
-        h = tf.expand_dims(r_hat, -1) * tf.gather(bucket_w1, bucket_index(r, self.num_buckets)) + self.dense1.bias
+        # Equal to dense(concat(...)) of the eq.; the weights keep the Dense layout. Computed in float32 under any
+        # precision policy (r and its buckets need it), cast to the layer's compute dtype at the end.
+        w1 = tf.split(_f32(self.dense1.kernel), 2 if self.use_sine_cosine else 1, axis=0)
+        w2_h, w2_pe = tf.split(_f32(self.dense2.kernel), 2, axis=0)
+        r_hat = _f32(self.w) * r + _f32(self.b)  # eq. (1)
+        bucket_w1 = tf.matmul(_f32(self.bucket_emb.embeddings), w1[0])  # eq. (2) times W1_d
+        h = tf.expand_dims(r_hat, -1) * tf.gather(bucket_w1, bucket_index(r, self.num_buckets)) + _f32(self.dense1.bias)
         if self.use_sine_cosine:
             h += tf.einsum("bld,de->ble", sine_cosine_encoding(r, d), w1[1])  # eq. (3) times W1_sc
         h = tf.nn.relu(h)
-        pos_w2 = tf.matmul(tf.convert_to_tensor(self.pos_emb.embeddings), w2_pe)  # PE times W2_pe
-        pe = tf.gather(pos_w2, recency_index(hist_len, tf.shape(r)[1], self.seq_len))
-        out = tf.nn.relu(tf.einsum("bld,de->ble", h, w2_h) + pe + self.dense2.bias)  # eq. (4)
-        return out * tf.cast(mask, out.dtype)[..., None]
+        out = tf.nn.relu(tf.einsum("bld,de->ble", h, w2_h) + self.recency_term(hist_len, tf.shape(r)[1], w2_pe)
+                         + _f32(self.dense2.bias))  # eq. (4)
+        return tf.cast(out * tf.cast(mask, out.dtype)[..., None], self.compute_dtype)
+
+    def recency_term(self, hist_len, length, w2_pe):
+        """PE[T - j] W2_pe for every slot, [B, length, d]. It depends on the row only through hist_len, so the
+        rows are looked up in a [hist_len, slot] table of every possible history length (a gather of B rows, not
+        of B * L embeddings; hist_len beyond length + seq_len - 1 gives the same row as that value)."""
+        pos_w2 = tf.matmul(_f32(self.pos_emb.embeddings), w2_pe)  # PE times W2_pe
+        lengths = tf.range(length + self.seq_len)
+        table = tf.gather(pos_w2, recency_index(lengths, length, self.seq_len))  # [length + seq_len, length, d]
+        hl = tf.clip_by_value(tf.cast(hist_len, tf.int32), 0, length + self.seq_len - 1)
+        return tf.gather(table, hl)
 
     def get_config(self):
         return {**super().get_config(), "num_buckets": self.num_buckets, "dim": self.dim, "seq_len": self.seq_len,
@@ -143,6 +159,11 @@ class SlidingWindowAttention(keras.layers.Layer):
     slots, each block attends to its own slots plus window//2 on either side ([B, L/b, b, b + 2 (window//2)]
     scores, then the band |i - j| <= window//2 is masked), so no [L, L] tensor is ever built; everything is
     reshapes, slices and batched matmuls (cheap gradients, unlike gathers).
+
+    Computed in an exactly equal, cheaper form: q_i . k_j = (x_i W_Q W_K^T) . x_j and sum_j a_ij (x_j W_V) =
+    (sum_j a_ij x_j) W_V, so the key/value windows are windows of x itself (built once, not once for K and once
+    for V) and W_V is applied once after pooling; masking is one additive bias (no gradient) and the masked query
+    rows are zeroed at the end. The weights keep the W_Q / W_K / W_V Dense layout.
 
     call(x [B, L, d_in], mask [B, L] bool) -> [B, L, dim]  (dim must equal d_in when residual=True)
     """
@@ -180,24 +201,37 @@ class SlidingWindowAttention(keras.layers.Layer):
         first = tf.slice(xb, [0, 0] + tail, size)
         return tf.concat([first, tf.slice(xb, [0, 1] + tail, size)], axis=2) if h else first
 
+    def query_blocks(self, x, nb: int):
+        """[B, L, d] -> [B, nb, b, d] (zero-padded to nb * b slots; no pad when b divides a static L)."""
+        b = self.block
+        if x.shape[1] is None or int(x.shape[1]) != nb * b:
+            x = tf.pad(x, [[0, 0], [0, nb * b - tf.shape(x)[1]], [0, 0]])
+        return tf.reshape(x, [-1, nb, b, x.shape[-1]])
+
     def call(self, x, mask):
         mask = tf.cast(mask, tf.bool)
         mf = tf.cast(mask, x.dtype)[..., None]
         x = x * mf
-        q, k, v = self.q(x), self.k(x), self.v(x)
         b, h = self.block, self.half
-        L = tf.shape(x)[1]
+        L = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
         nb = (L + b - 1) // b
-        qb = tf.reshape(tf.pad(q, [[0, 0], [0, nb * b - L], [0, 0]]), [-1, nb, b, self.dim])
-        mq = tf.reshape(tf.pad(mask, [[0, 0], [0, nb * b - L]]), [-1, nb, b])
-        kw, vw, mk = self.blocks(k, nb), self.blocks(v, nb), self.blocks(mask, nb)
-        scores = tf.einsum("bnid,bnjd->bnij", qb, kw) / math.sqrt(self.dim)  # [B, nb, b, b + 2h]
+        w_q, w_k, w_v = (tf.cast(tf.convert_to_tensor(p.kernel), x.dtype) for p in (self.q, self.k, self.v))
+        # eq. (5): q_i . k_j / sqrt(d) = (x_i W_Q W_K^T / sqrt(d)) . x_j
+        qk = tf.matmul(w_q, w_k, transpose_b=True) / math.sqrt(self.dim)  # [d_in, d_in]
+        qb = self.query_blocks(tf.einsum("bld,de->ble", x, qk), nb)  # [B, nb, b, d_in]
+        xw = self.blocks(x, nb)  # key/value windows [B, nb, b + 2h, d_in]
+        scores = tf.matmul(qb, xw, transpose_b=True)  # [B, nb, b, b + 2h]
         rel = tf.range(b + 2 * h)[None, :] - tf.range(b)[:, None]  # key slot - query slot + h
         band = (rel >= 0) & (rel <= 2 * h)
-        valid = band[None, None] & mk[:, :, None, :] & mq[..., None]
-        att = masked_softmax(scores, valid)
-        out = tf.slice(tf.reshape(tf.einsum("bnij,bnjd->bnid", att, vw), [-1, nb * b, self.dim]), [0, 0, 0],
-                       [-1, L, -1])
+        keys = band[None, None] & self.blocks(mask, nb)[:, :, None, :]
+        # masked keys get a large negative bias (exp underflows to exactly 0); a valid query always has itself
+        # as a valid key, and masked query rows are zeroed below
+        bias = tf.where(keys, tf.zeros([], scores.dtype), tf.cast(_neg_large(scores.dtype), scores.dtype))
+        att = tf.nn.softmax(scores + bias, axis=-1)
+        ctx = tf.reshape(tf.matmul(att, xw), [-1, nb * b, x.shape[-1]])  # sum_j a_ij x_j
+        if not isinstance(L, int) or nb * b != L:
+            ctx = tf.slice(ctx, [0, 0, 0], [-1, L, -1])
+        out = tf.einsum("bld,de->ble", ctx, w_v)  # eq. (6): (sum_j a_ij x_j) W_V
         if self.residual:
             out = out + x
         return out * mf
@@ -242,9 +276,9 @@ class CrossModalInterestAttention(keras.layers.Layer):
         # q . (s_l W_K) = (q W_K^T) . s_l and sum_l a_l (s_l W_V) = (sum_l a_l s_l) W_V: the keys and values are
         # never projected slot by slot (same result, no [B, L, d] projections)
         q_k = tf.matmul(q, tf.convert_to_tensor(p["k"].kernel), transpose_b=True)  # [B, d_in]
-        scores = tf.einsum("bd,bld->bl", q_k, seq) / math.sqrt(self.dim)
+        scores = tf.squeeze(tf.matmul(seq, tf.expand_dims(q_k, -1)), -1) / math.sqrt(self.dim)  # [B, L]
         att = masked_softmax(scores, tf.cast(mask, tf.bool))
-        return p["v"](tf.einsum("bl,bld->bd", att, seq))
+        return p["v"](tf.squeeze(tf.matmul(tf.expand_dims(att, 1), seq), 1))
 
     def call(self, seq1, seq2, mask1, mask2):
         pool1, pool2 = self.pool(seq1, mask1), self.pool(seq2, mask2)
@@ -351,7 +385,8 @@ class InterestDecoder(keras.layers.Layer):
 
     def kl(self, p, z):
         """Per-example KL(P || Q) with Q from logits z [B, l*n]; terms with p = 0 contribute 0."""
-        p = tf.reshape(p, [-1, self.l * self.n])
+        p = tf.reshape(tf.cast(p, tf.float32), [-1, self.l * self.n])  # the loss in float32 under any precision
+        z = tf.cast(z, tf.float32)  # policy (Keras casts P, an input, to the compute dtype)
         if self.q_activation == "softmax":
             log_q = tf.nn.log_softmax(z, axis=-1)
         else:

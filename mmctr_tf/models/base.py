@@ -121,9 +121,10 @@ class CTRModel(keras.Model):
                   + tf.reduce_sum(tf.square(hist), [-2, -1]))
             self.add_loss(self.emb_l2 * tf.reduce_mean(sq))
         vec = {}
-        for m, table in self.tables.items():
+        for m, table in self.tables.items():  # float32 tables, served in the model's compute dtype
             tv, tp = table(x["item_id"])
             hv, hp = table(x["hist_item_id"])
+            tv, hv = tf.cast(tv, self.compute_dtype), tf.cast(hv, self.compute_dtype)
             vec[m] = (tv, hv, tp, hp * tf.cast(mask, hp.dtype))
         return {"user": user, "target": target, "hist": hist, "mask": mask,
                 "hist_len": tf.cast(x["hist_len"], tf.int32), "vec": vec, "ids": x}
