@@ -201,13 +201,6 @@ class SlidingWindowAttention(keras.layers.Layer):
         first = tf.slice(xb, [0, 0] + tail, size)
         return tf.concat([first, tf.slice(xb, [0, 1] + tail, size)], axis=2) if h else first
 
-    def query_blocks(self, x, nb: int):
-        """[B, L, d] -> [B, nb, b, d] (zero-padded to nb * b slots; no pad when b divides a static L)."""
-        b = self.block
-        if x.shape[1] is None or int(x.shape[1]) != nb * b:
-            x = tf.pad(x, [[0, 0], [0, nb * b - tf.shape(x)[1]], [0, 0]])
-        return tf.reshape(x, [-1, nb, b, x.shape[-1]])
-
     def call(self, x, mask):
         mask = tf.cast(mask, tf.bool)
         mf = tf.cast(mask, x.dtype)[..., None]
@@ -215,10 +208,14 @@ class SlidingWindowAttention(keras.layers.Layer):
         b, h = self.block, self.half
         L = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
         nb = (L + b - 1) // b
+        aligned = isinstance(L, int) and nb * b == L  # no padding of the query blocks needed
         w_q, w_k, w_v = (tf.cast(tf.convert_to_tensor(p.kernel), x.dtype) for p in (self.q, self.k, self.v))
         # eq. (5): q_i . k_j / sqrt(d) = (x_i W_Q W_K^T / sqrt(d)) . x_j
         qk = tf.matmul(w_q, w_k, transpose_b=True) / math.sqrt(self.dim)  # [d_in, d_in]
-        qb = self.query_blocks(tf.einsum("bld,de->ble", x, qk), nb)  # [B, nb, b, d_in]
+        q = tf.einsum("bld,de->ble", x, qk)
+        if not aligned:
+            q = tf.pad(q, [[0, 0], [0, nb * b - L], [0, 0]])
+        qb = tf.reshape(q, [-1, nb, b, x.shape[-1]])  # query blocks [B, nb, b, d_in]
         xw = self.blocks(x, nb)  # key/value windows [B, nb, b + 2h, d_in]
         scores = tf.matmul(qb, xw, transpose_b=True)  # [B, nb, b, b + 2h]
         rel = tf.range(b + 2 * h)[None, :] - tf.range(b)[:, None]  # key slot - query slot + h
@@ -229,7 +226,7 @@ class SlidingWindowAttention(keras.layers.Layer):
         bias = tf.where(keys, tf.zeros([], scores.dtype), tf.cast(_neg_large(scores.dtype), scores.dtype))
         att = tf.nn.softmax(scores + bias, axis=-1)
         ctx = tf.reshape(tf.matmul(att, xw), [-1, nb * b, x.shape[-1]])  # sum_j a_ij x_j
-        if not isinstance(L, int) or nb * b != L:
+        if not aligned:
             ctx = tf.slice(ctx, [0, 0, 0], [-1, L, -1])
         out = tf.einsum("bld,de->ble", ctx, w_v)  # eq. (6): (sum_j a_ij x_j) W_V
         if self.residual:
