@@ -169,6 +169,38 @@ def test_nonfinite_guard_names_the_step():
         guard.on_train_batch_end(7, {"loss": float("nan")})
 
 
+class _AuxLoss(keras.layers.Layer):
+    """Dense layer with a training-only auxiliary loss and its own tracker, like DMAE's decoder."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.dense = keras.layers.Dense(1, activation="sigmoid")
+        self.aux_tracker = keras.metrics.Mean(name="aux_loss")
+
+    def call(self, x, training=None):
+        if training:
+            loss = tf.reduce_mean(tf.square(x))
+            self.add_loss(0.01 * loss)
+            self.aux_tracker.update_state(loss)
+        return self.dense(x)
+
+
+def test_unmeasured_validation_copies_of_aux_losses_are_dropped(tmp_path):
+    """Keras logs val_<tracker> = 0 for layer-owned trackers that only training updates; DropUnmeasuredLogs (first
+    in the list) removes them for every later callback: History (like the progress bar, appended by Keras after the
+    user's callbacks) and epochs.jsonl."""
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, _AuxLoss()(inputs))
+    model.compile("adam", "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+    x, y = np.random.default_rng(0).normal(size=(64, 3)).astype("float32"), np.arange(64) % 2
+    hist = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0,
+                     callbacks=[cb.DropUnmeasuredLogs(), cb.EpochLog(str(tmp_path))])
+    row = cb.read_epochs(str(tmp_path))[0]
+    for logs in (hist.history, row):
+        assert {"loss", "auc", "aux_loss", "val_loss", "val_auc"} <= set(logs), sorted(logs)
+        assert "val_aux_loss" not in logs, sorted(logs)
+
+
 def test_export_round_trip_both_signatures(din_run, small_dataset, tmp_path):
     run_dir, _ = din_run
     model, _ = load_run(str(run_dir))

@@ -53,12 +53,24 @@ class BestCheckpointEarlyStopping(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class DropUnmeasuredLogs(keras.callbacks.Callback):
+    """Removes the `val_<name>` entries of auxiliary-loss trackers (DMAE's `dec_loss`, Diff-MSIN's `con_loss` and
+    `syn_loss`) from the epoch logs. Keras evaluates the validation set with every metric the model tracks, but these
+    trackers are updated in training only, so their `val_` copies would always read 0 in the progress bar,
+    TensorBoard, `History` and epochs.jsonl. Keras hands one logs dict to the callbacks in list order (its progress
+    bar and `History` come last), so this callback goes first in the list and edits that dict."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for m in self.model.metrics:
+            if m.name not in ("loss", "compile_metrics"):
+                logs.pop("val_" + m.name, None)
+
+
 class EpochLog(keras.callbacks.Callback):
     """Appends one JSON line per finished epoch (1-based `epoch` + all logs) to `<run_dir>/epochs.jsonl`.
-    On resume, lines of epochs that are being re-run are dropped first, so each epoch appears once.
-
-    Auxiliary-loss trackers owned by layers (DMAE's `dec_loss`, ...) are updated in training only, so Keras'
-    `val_<name>` copies of them are always 0; they are left out here."""
+    On resume, lines of epochs that are being re-run are dropped first, so each epoch appears once."""
 
     def __init__(self, run_dir: str):
         super().__init__()
@@ -76,8 +88,7 @@ class EpochLog(keras.callbacks.Callback):
             os.replace(self.path + ".tmp", self.path)
 
     def on_epoch_end(self, epoch, logs=None):
-        aux = {"val_" + m.name for m in self.model.metrics if m.name not in ("loss", "compile_metrics")}
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items() if k not in aux}}
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 

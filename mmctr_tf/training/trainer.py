@@ -198,6 +198,7 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
     best = cb.BestCheckpointEarlyStopping(run_dir, "val_auc", cfg.patience)
     speed = Throughput(global_batch, steps)
     callbacks = [
+        cb.DropUnmeasuredLogs(),  # first: later callbacks see the edited logs
         # double_checkpoint: a kill while latest.weights.h5 is rewritten leaves a truncated file; the previous
         # epoch's copy is restored instead (tests/test_reliability.py)
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), delete_checkpoint=False,
