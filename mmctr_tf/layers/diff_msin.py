@@ -157,8 +157,9 @@ class MultimodalExperts(keras.layers.Layer):
             w = gate[m] = self.gates[m](expert[m])
             fused[m] = w * expert[m] + (1.0 - w) * shared
         if training and self.con_weight > 0:
-            loss = tf.cast(contrastive_loss([shared] + [expert[m] for m in self.modalities_],
-                                            [share[m] for m in self.modalities_]), tf.float32)
+            # float32 under any precision policy: every term is a `cosine`, which computes in float32
+            loss = contrastive_loss([shared] + [expert[m] for m in self.modalities_],
+                                    [share[m] for m in self.modalities_])
             self.add_loss(self.con_weight * loss)
             self.con_loss_tracker.update_state(loss)
         return {"expert": expert, "share": share, "shared": shared, "fused": fused, "gate": gate}
