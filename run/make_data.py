@@ -95,7 +95,7 @@ def print_summary(manifest: dict, out_dir: str) -> None:
     for m, t in manifest.get("tables", {}).items():
         print(f"  table {m}: {t['rows']} x {t['dim']} {t['dtype']}, vectors present for {t['present']} items")
     if "events_read" in manifest.get("stats", {}):
-        from mmctr_tf.data.converters.common import format_stats
+        from mmctr_tf.data.converters.stats import format_stats
 
         for line in format_stats(manifest):
             print(line)

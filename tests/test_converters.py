@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mmctr_tf.data import converters
-from mmctr_tf.data.converters import common, generic, text_embed
+from mmctr_tf.data.converters import build, generic, text_embed
 from mmctr_tf.data.converters.amazon import parse_record
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
 from mmctr_tf.data.schema import SchemaError, read_manifest
@@ -576,7 +576,7 @@ def test_no_partial_output_after_failure(tmp_path, monkeypatch):
     good = converters.convert("g", raw, out, log=quiet)
     before = sorted(os.listdir(out))
     calls = {"n": 0}
-    real = common._chunk_examples
+    real = build._chunk_examples
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -584,7 +584,7 @@ def test_no_partial_output_after_failure(tmp_path, monkeypatch):
             raise RuntimeError("disk full (simulated)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(common, "_chunk_examples", flaky)
+    monkeypatch.setattr(build, "_chunk_examples", flaky)
     with pytest.raises(RuntimeError, match="simulated"):
         converters.convert("g", raw, out, overrides={"chunk_events": 10, "seed": 5}, log=quiet)
     assert calls["n"] == 2

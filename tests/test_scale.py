@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mmctr_tf.data import converters, synthetic
 from mmctr_tf.data import tables as T
-from mmctr_tf.data.converters import common, generic
+from mmctr_tf.data.converters import build, events, generic, output, raw_ids, reading
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.data.schema import Schema, read_manifest
 from mmctr_tf.data.tfrecord import encode_examples
@@ -63,19 +63,19 @@ def test_id_order_of_byte_arrays_equals_sort_raw_ids():
     ints = [str(int(x)) for x in rng.integers(-50, 10 ** 12, 200)] + ["007", "7", "+7", "-0", "0"]
     mixed = ints[:50] + ["a", "B", "ä", "é1", "x y", "10a", "z"]
     for raw in (ints, mixed, ["1" * 25, "2", "10"]):  # the last: integers beyond int64 (Python fallback)
-        arr = common.to_bytes_array(raw)
-        got = [raw[k] for k in common.id_order(arr)]
-        assert got == common.sort_raw_ids(raw)
+        arr = raw_ids.to_bytes_array(raw)
+        got = [raw[k] for k in raw_ids.id_order(arr)]
+        assert got == raw_ids.sort_raw_ids(raw)
 
 
 def test_event_log_chunks_spill_and_map_to_sorted_vocab(tmp_path, monkeypatch):
-    monkeypatch.setattr(common.EventLog, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(events.EventLog, "CHUNK_ROWS", 7)
     rng = np.random.default_rng(2)
     rows = [(f"u{int(rng.integers(0, 30))}", str(int(rng.integers(0, 500))), float(k)) for k in range(100)]
-    with common.EventLog(spill_near=str(tmp_path / "out")) as ev:
+    with events.EventLog(spill_near=str(tmp_path / "out")) as ev:
         for r in rows:
             assert ev.add(*r)
-        assert not ev.add("x" * (common.MAX_ID_CHARS + 1), "1", 0.0)  # too long: rejected, not stored
+        assert not ev.add("x" * (reading.MAX_ID_CHARS + 1), "1", 0.0)  # too long: rejected, not stored
         assert len(ev) == 100 and ev.num_chunks == 15
         spill = [p for p in os.listdir(tmp_path) if p.startswith(".out.events-")]
         assert len(spill) == 1 and len(os.listdir(tmp_path / spill[0])) == 15  # every chunk on disk
@@ -154,7 +154,7 @@ PROTO = {"seq_len": 8, "max_behaviors": 10, "chunk_events": 40}
 
 
 def test_partitioned_streaming_conversion_follows_din_protocol(tmp_path, monkeypatch):
-    monkeypatch.setattr(common.EventLog, "CHUNK_ROWS", 50)  # several chunks, spilled to disk
+    monkeypatch.setattr(events.EventLog, "CHUNK_ROWS", 50)  # several chunks, spilled to disk
     raw = tmp_path / "log.csv"
     rows = write_log(raw)
     out = str(tmp_path / "d")
@@ -206,17 +206,17 @@ def test_interrupted_conversion_resumes_to_the_uninterrupted_output(tmp_path, mo
         return hook
 
     out = str(tmp_path / "out")
-    monkeypatch.setattr(common, "_PARTITION_DONE_HOOK", stop_after(2))
+    monkeypatch.setattr(build, "_PARTITION_DONE_HOOK", stop_after(2))
     with pytest.raises(RuntimeError, match="simulated"):
         converters.convert("d", None, out, write=write, **kw)
-    partial = common.partial_dir(out)
+    partial = output.partial_dir(out)
     assert not os.path.exists(out)
     assert sorted(f for f in os.listdir(os.path.join(partial, ".progress")) if f.startswith("part-")) == \
         ["part-00000.json", "part-00001.json"]
     done_files = [f for f in os.listdir(partial) if ".tfrecord" in f and not f.endswith(".tmp")]
     assert len(done_files) == 2 * 3  # two partitions x one shard x three splits, complete
 
-    monkeypatch.setattr(common, "_PARTITION_DONE_HOOK", None)
+    monkeypatch.setattr(build, "_PARTITION_DONE_HOOK", None)
     m = converters.convert("d", None, out, write=write, **kw)
     assert m["stats"]["partitions_reused"] == 2
     assert not os.path.exists(partial)
@@ -227,10 +227,10 @@ def test_interrupted_conversion_resumes_to_the_uninterrupted_output(tmp_path, mo
         assert m[key] == m_ref[key]
 
     # a partial conversion of a log that changed since is not reused
-    monkeypatch.setattr(common, "_PARTITION_DONE_HOOK", stop_after(1))
+    monkeypatch.setattr(build, "_PARTITION_DONE_HOOK", stop_after(1))
     with pytest.raises(RuntimeError):
         converters.convert("d", None, str(tmp_path / "again"), write=write, **kw)
-    monkeypatch.setattr(common, "_PARTITION_DONE_HOOK", None)
+    monkeypatch.setattr(build, "_PARTITION_DONE_HOOK", None)
     write_log(raw, seed=3, extra_rows=[("3", "it999", 9)])
     m2 = converters.convert("d", None, str(tmp_path / "again"), write=write, **kw)
     assert m2["stats"]["partitions_reused"] == 0 and m2["stats"]["events_read"] == m["stats"]["events_read"] + 1

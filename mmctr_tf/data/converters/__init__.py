@@ -16,8 +16,10 @@ import os
 from typing import Callable, List, Optional
 
 from mmctr_tf.data.converters import amazon, generic, movielens
-from mmctr_tf.data.converters.common import (ConversionError, ProtocolConfig, RawFilesMissing, WriteConfig,
-                                             format_stats, load_id_map, load_item_texts)
+from mmctr_tf.data.converters.output import load_id_map, load_item_texts
+from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
+from mmctr_tf.data.converters.reading import ConversionError, RawFilesMissing
+from mmctr_tf.data.converters.stats import format_stats
 from mmctr_tf.data.converters.vectors import VectorSource, parse_vector_specs
 
 __all__ = ["convert", "converter_for", "default_protocol", "missing_data_message", "RawFilesMissing",

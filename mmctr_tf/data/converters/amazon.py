@@ -26,8 +26,10 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from mmctr_tf.data.converters.common import (MAX_ID_CHARS, EventLog, ItemInfo, LineErrors, ProtocolConfig,
-                                             RawFilesMissing, WriteConfig, build_dataset, open_text)
+from mmctr_tf.data.converters.build import build_dataset
+from mmctr_tf.data.converters.events import EventLog, ItemInfo
+from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
+from mmctr_tf.data.converters.reading import MAX_ID_CHARS, LineErrors, RawFilesMissing, open_text
 from mmctr_tf.data.converters.vectors import VectorSource
 
 STEMS = {

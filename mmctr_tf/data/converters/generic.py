@@ -36,9 +36,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from mmctr_tf.data.converters.common import (MAX_ID_CHARS, AttrTable, ConversionError, EventLog, ItemInfo,
-                                             LineErrors, ProtocolConfig, RawFilesMissing, WriteConfig, build_dataset,
-                                             open_text, to_bytes_array)
+from mmctr_tf.data.converters.build import build_dataset
+from mmctr_tf.data.converters.events import AttrTable, EventLog, ItemInfo
+from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
+from mmctr_tf.data.converters.raw_ids import to_bytes_array
+from mmctr_tf.data.converters.reading import MAX_ID_CHARS, ConversionError, LineErrors, RawFilesMissing, open_text
 from mmctr_tf.data.converters.vectors import VectorSource
 
 USER_COLS = ("user_id", "userId", "user", "reviewerID", "uid")

@@ -23,7 +23,7 @@ import numpy as np
 
 from mmctr_tf.data import tables as tables_lib
 from mmctr_tf.data.converters import vectors as vectors_lib
-from mmctr_tf.data.converters.common import load_item_texts
+from mmctr_tf.data.converters.output import load_item_texts
 from mmctr_tf.data.schema import SchemaError, read_manifest, write_manifest
 
 NOT_INSTALLED = (

@@ -139,14 +139,14 @@ class _IdLookup:
     """raw item id -> item id (1..V-1, 0 = not in the vocabulary) by binary search over a sorted byte array."""
 
     def __init__(self, item_raw):
-        from mmctr_tf.data.converters.common import to_bytes_array
+        from mmctr_tf.data.converters.raw_ids import to_bytes_array
 
         raw = item_raw if isinstance(item_raw, np.ndarray) and item_raw.dtype.kind == "S" else to_bytes_array(item_raw)
         self.order = np.argsort(raw, kind="stable")
         self.sorted = raw[self.order]
 
     def __call__(self, ids) -> np.ndarray:
-        from mmctr_tf.data.converters.common import to_bytes_array
+        from mmctr_tf.data.converters.raw_ids import to_bytes_array
 
         q = ids if isinstance(ids, np.ndarray) and ids.dtype.kind == "S" else to_bytes_array(ids)
         if not len(self.sorted) or not len(q):
@@ -190,7 +190,7 @@ def read_source(src: VectorSource, item_raw: Sequence[str], tmp_dir: Optional[st
         return table, filled, info, None
     # McAuley binary: 4096-d, big; buffer in a memmap inside the temp output dir when large.
     d = MCAULEY_DIM
-    from mmctr_tf.data.converters.common import LineErrors
+    from mmctr_tf.data.converters.reading import LineErrors
 
     errors = LineErrors(src.path)
     if tmp_dir is not None and V * d * 4 > (1 << 30):
