@@ -1,28 +1,25 @@
-"""Baselines (issue #7): FM / linear terms, SimTier, the mean and GRU poolers, and every baseline model through
-build, a short fit (one of them under the 2-replica MirroredStrategy), serialization, empty histories, padding,
-flag validation and (two of them) TF Serving export.
+"""Baselines (issue #7): FM / linear terms, SimTier, the mean and GRU poolers, a graph-mode fit under the 2-replica
+MirroredStrategy, the backbones plugged into DIN and Diff-MSIN, and flag validation. Every baseline also goes
+through the shared model life cycle (build, fit step, `.keras` and SavedModel round trips) in tests/test_models.py.
 
 Run: python -m pytest tests/test_baselines.py -x -q
 """
 
 from __future__ import annotations
 
-import math
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.data.synthetic import SyntheticConfig, generate
 from mmctr_tf.data.tables import quantize
-from mmctr_tf.export import saved_model as sm
 from mmctr_tf.layers.backbones import BACKBONES, make_backbone
 from mmctr_tf.layers.baselines import FMInteraction, GRUBackbone, LinearTerm, MeanPoolingBackbone, SimTier
-from mmctr_tf.models import MODELS, accepted_hparams, build_model, dummy_batch
+from mmctr_tf.models import MODELS, accepted_hparams, build_model
 from mmctr_tf.training.trainer import make_strategy
 from run import common
 
@@ -198,33 +195,6 @@ def batch_of(data, n=48):
     return {k: v.numpy() for k, v in feats.items()}
 
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_model_builds_fits_serializes_and_handles_empty_history(name, small_dataset):
-    data = Dataset(small_dataset)
-    model = build_model(name, data.schema, data.tables, **small_hparams(name))
-    assert model.uses_modalities == (name == "simtier")
-    # eager fit: tracing a graph costs more than these steps; graph-mode fit is in the mirrored and export tests
-    assert np.isfinite(fit_few(model, data, run_eagerly=True)[-1])
-    x = batch_of(data)
-    p = model(x, training=False).numpy()
-    assert p.shape == (48,) and np.all((p > 0) & (p < 1))
-    # empty histories and OOV targets: finite
-    empty = dummy_batch(data.schema, batch=3, hist_len=0)
-    empty["item_id"][:] = [1, 10**9, -5]
-    assert np.all(np.isfinite(model(empty, training=False).numpy()))
-    # padding never leaks into the score
-    noisy = {k: v.copy() for k, v in x.items()}
-    for f in data.schema.hist_features:
-        noisy[f][np.arange(data.schema.seq_len)[None, :] >= noisy["hist_len"][:, None]] = 3
-    np.testing.assert_allclose(model(noisy, training=False).numpy(), p, atol=1e-5)
-    # config round trip: same class, same config, same scores with the same weights
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    assert type(restored) is type(model) and restored.get_config() == model.get_config()
-    restored(dummy_batch(data.schema))
-    restored.set_weights(model.get_weights())
-    np.testing.assert_allclose(restored(x, training=False).numpy(), p, atol=1e-6)
-
-
 def test_two_replica_mirrored_fit(small_dataset, mirrored):
     """Graph-mode fit under the trainer's 2-replica CPU MirroredStrategy (variables mirrored, batch split, sparse
     embedding gradients all-reduced): GRU4Rec, whose masked GRU runs a while loop per replica. All eight baselines
@@ -235,17 +205,6 @@ def test_two_replica_mirrored_fit(small_dataset, mirrored):
         loss = fit_few(model, data)
     assert mirrored.num_replicas_in_sync == 2 and np.isfinite(loss[-1])
     assert np.all(np.isfinite(model(batch_of(data), training=False).numpy()))
-
-
-@pytest.mark.parametrize("name", ["lr", "gru4rec"])
-def test_keras_file_round_trip(name, world, tmp_path):
-    schema, splits, tables = world
-    model = build_model(name, schema, tables, **small_hparams(name))
-    x = inputs_of(schema, splits["test"], 16)
-    path = str(tmp_path / f"{name}.keras")
-    model.save(path)
-    clone = keras.saving.load_model(path)
-    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), atol=1e-6)
 
 
 def test_simtier_model_counts_only_valid_positions_with_vectors(world):
@@ -287,20 +246,3 @@ def test_new_backbones_plug_into_plugin_models(world, plugin, backbone):
     assert model.backbone.name == f"backbone_{backbone}"
     x = inputs_of(schema, splits["test"], 16)
     assert np.all(np.isfinite(model(x, training=False).numpy()))
-
-
-@pytest.mark.parametrize("name", ["simtier", "gru4rec"])
-def test_export_both_signatures(name, small_dataset, tmp_path):
-    data = Dataset(small_dataset)
-    model = build_model(name, data.schema, data.tables, **small_hparams(name))
-    feats, _ = next(iter(data.tf_dataset("test", 32)))
-    batch = {k: v.numpy() for k, v in feats.items()}
-    batch["hist_len"][:2] = 0  # empty histories travel through both signatures
-    for f in data.schema.hist_features:
-        batch[f][:2] = 0
-    path = sm.export_model(model, str(tmp_path / "export"), verify_batch=batch, log=lambda *a: None)
-    loaded = tf.saved_model.load(path)
-    assert set(loaded.signatures) >= {"serving_default", "serving_tf_example"}
-    out = loaded.signatures["serving_tf_example"](examples=tf.constant(sm.serialize_examples(batch, data.schema)))
-    np.testing.assert_allclose(out["probability"].numpy(), model(batch, training=False).numpy(), atol=1e-6)
-    assert math.isfinite(float(out["probability"].numpy()[0]))

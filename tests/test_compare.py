@@ -247,7 +247,8 @@ def test_inspect_din_family_attention_and_cli(sweep, tmp_path, capsys):
     din = I.inspect_run(run_dir, 3, "test", str(tmp_path / "din.png"))
     assert open(din["png"], "rb").read(4) == b"\x89PNG"
     assert din["label"] in (0.0, 1.0) and 0.0 < din["prob"][0] < 1.0
-    w, attended = din["attention"]["id (backbone attention)"]
+    w, attended, normalised = din["attention"]["id (backbone attention)"]
+    assert not normalised  # DIN's default: raw scores
     n = int(din["hist_len"][0])
     assert w.shape == (1, 20) and 0 < n and np.all(w[0, n:] == 0) and np.any(w[0, :n] != 0)
     assert attended[0].tolist() == [True] * n + [False] * (20 - n)

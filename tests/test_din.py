@@ -1,6 +1,6 @@
-"""DIN backbone, shared layers and input normalisation: shapes, masking, OOV, empty histories, reloading."""
+"""DIN backbone, shared layers and input normalisation: shapes, masking, OOV, empty histories (the model life
+cycle of DIN and mm_concat, reloading included, is in tests/test_models.py)."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +10,6 @@ from mmctr_tf.data.schema import Schema
 from mmctr_tf.data.tables import quantize
 from mmctr_tf.layers.attention import TargetAttention
 from mmctr_tf.layers.core import MLP, Dice, FrozenVectorTable, masked_mean, safe_cosine
-from mmctr_tf.models import build_model, dummy_batch
 from mmctr_tf.models.base import normalize_inputs
 
 
@@ -85,30 +84,3 @@ def test_normalize_inputs_truncates_to_most_recent_and_clips():
     short = {**inputs, "hist_item_id": [[1], [6]], "hist_cate_id": [[1], [2]], "hist_len": [1, 1]}
     out = normalize_inputs({k: tf.constant(v) for k, v in short.items()}, schema)
     np.testing.assert_array_equal(out["hist_item_id"], [[1, 0, 0], [6, 0, 0]])
-
-
-@pytest.mark.parametrize("name", ["din", "mm_concat"])
-def test_models_finite_on_empty_histories_oov_and_padding(world, name):
-    schema, tables, batch = world
-    model = build_model(name, schema, tables, emb_dim=4, dnn_units=[8], att_units=[4])
-    p = np.asarray(model(batch))
-    assert p.shape == (32,) and np.all((p > 0) & (p < 1))
-    empty = dummy_batch(schema, batch=3, hist_len=0)
-    empty["item_id"][:] = [1, 10**9, -5]
-    assert np.all(np.isfinite(model(empty)))
-    # padding never leaks: garbage in slots >= hist_len does not change the score
-    noisy = {k: np.array(v) for k, v in batch.items()}
-    for f in schema.hist_features:
-        pad = np.arange(schema.seq_len)[None, :] >= noisy["hist_len"][:, None]
-        noisy[f][pad] = 3
-    np.testing.assert_allclose(model(batch), model(noisy), atol=1e-6)
-
-
-def test_model_saves_and_reloads_as_keras_file(world, tmp_path):
-    schema, tables, batch = world
-    model = build_model("mm_concat", schema, tables, emb_dim=4, dnn_units=[8], att_units=[4], table_storage="int8")
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    clone = keras.saving.load_model(path)
-    np.testing.assert_allclose(model(batch), clone(batch), atol=1e-6)
-    assert clone.get_config() == model.get_config()

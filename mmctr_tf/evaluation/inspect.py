@@ -48,13 +48,15 @@ def _np(x):
 
 
 def history_attention(model, feats) -> Dict[str, tuple]:
-    """{source: (weights [B, L], attended slots [B, L] bool)} of every target attention over the history the
-    model has (a history slot without a vector of that modality is not attended)."""
+    """{source: (weights [B, L], attended slots [B, L] bool, normalised: bool)} of every target attention over
+    the history the model has (a history slot without a vector of that modality is not attended). `normalised`
+    is False for DIN's default attention (raw activation-unit scores, any sign; not softmax-normalised)."""
     out = {}
     backbone = getattr(model, "backbone", None)
     if backbone is not None and hasattr(backbone, "attention_weights"):
         w = backbone.attention_weights(feats["target"], feats["hist"], feats["mask"])
-        out["id (backbone attention)"] = (_np(w), _np(feats["mask"]))
+        normalised = getattr(backbone, "att_normalization", "none") != "none"
+        out["id (backbone attention)"] = (_np(w), _np(feats["mask"]), normalised)
     mm = getattr(model, "mm_attention", None)
     if mm:
         for m in getattr(model, "modalities", []):
@@ -63,7 +65,7 @@ def history_attention(model, feats) -> Dict[str, tuple]:
             tv, hv, _, hp = feats["vec"][m]
             valid = feats["mask"] & (hp > 0)
             _, w = mm[m](tv, hv, valid, training=False)
-            out[f"{m} (target attention)"] = (_np(w), _np(valid))
+            out[f"{m} (target attention)"] = (_np(w), _np(valid), mm[m].normalization != "none")
     return out
 
 
@@ -134,8 +136,10 @@ def render(info: dict, path: str, title: str = "") -> None:
 
     n_valid = int(info["hist_len"][0])
     hist_items = info["ids"].get("hist_item_id", np.zeros([1, 0], np.int64))[0][:n_valid]
-    seq_rows: List[tuple] = [(name, np.where(ok[0][:n_valid], w[0][:n_valid], np.nan))
-                             for name, (w, ok) in info["attention"].items()]
+    seq_rows: List[tuple] = [(name + ("" if normalised else "\nraw scores"),
+                              np.where(ok[0][:n_valid], w[0][:n_valid], np.nan))
+                             for name, (w, ok, normalised) in info["attention"].items()]
+    unnormalised = any(not normalised for _, _, normalised in info["attention"].values())
     dmae = info.get("dmae")
     if dmae:
         seq_rows += [(f"r = (cos+1)/2 ({m})", r[0][:n_valid]) for m, r in dmae["similarity"].items()]
@@ -167,7 +171,7 @@ def render(info: dict, path: str, title: str = "") -> None:
         if missing.any():
             ax.plot(slots[missing], np.zeros(int(missing.sum())), "x", color="gray", markersize=8,
                     label="no vector of this modality (masked)")
-            ax.legend(loc="upper right", fontsize=7)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, borderaxespad=0.0)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
         ax.set_xlim(-0.6, max(n_valid, 1) - 0.4)
@@ -178,7 +182,10 @@ def render(info: dict, path: str, title: str = "") -> None:
                                rotation=0 if n_valid <= 25 else 90)
         ax.tick_params(axis="y", labelsize=7)
     if seq_rows:
-        fig.axes[0].set_title("history (oldest -> most recent; tick = item id), only valid slots", fontsize=9)
+        note = ("\n'raw scores': DIN's attention is not softmax-normalised (DIN paper; DeepCTR's default), so a bar "
+                "is the activation unit's score\nfor that behaviour, of any sign (negative in red): compare the bars "
+                "of one row with each other, not with weights in [0, 1]") if unnormalised else ""
+        fig.axes[0].set_title("history (oldest -> most recent; tick = item id), only valid slots" + note, fontsize=9)
     if dist:
         cols = []
         for m, (p, q) in dist:
