@@ -11,6 +11,7 @@ import os
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 FLAGS = flags.FLAGS
@@ -202,7 +203,12 @@ def train_config(**overrides):
 
 
 def quiet_tf():
+    """Every command's first call in `main`: no INFO lines from absl, TensorFlow's Python logger or libraries
+    (matplotlib, ...) unless absl's `--verbosity` is given (0 = INFO, 1 = DEBUG), and TensorFlow's C++ log at
+    WARNING and above (`TF_CPP_MIN_LOG_LEVEL=2` unless set). The command's own output is plain `print`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def fail(msg: str, code: int = 2):
