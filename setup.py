@@ -26,6 +26,6 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF}"],
         "gpu": [f"tensorflow[and-cuda]=={TF}"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "ruff>=0.15,<0.18"],  # .ci/run: `ruff check .` (config in ruff.toml), then pytest
     },
 )
