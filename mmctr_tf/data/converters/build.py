@@ -228,7 +228,8 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
     items_sorted = events.items.sorted()
     users_read, NI = len(users_sorted), len(items_sorted)
     P = max(1, math.ceil(n_read / max(1, write.partition_events)))
-    staging = resumable_output_dir(out_dir, log=log) if write.resume else atomic_output_dir(out_dir)
+    staging = (resumable_output_dir(out_dir, name, log=log) if write.resume
+               else atomic_output_dir(out_dir, name, log=log))
     with staging as tmp:
         parts = _Partitions(events, P, os.path.join(tmp, WORK_DIR))
         if P > 1:
