@@ -33,6 +33,9 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over train).")
 flags.DEFINE_integer("cpu_replicas", 1, "On CPU-only hosts, split the CPU into this many MirroredStrategy replicas.")
 flags.DEFINE_string("verbose", "auto", "Keras fit verbosity: auto, 0, 1, 2.")
+flags.DEFINE_bool("allow_changed_flags", False, "Resume a run with training flags other than those it was started "
+                  "with (refused otherwise; --epochs and --patience may always grow); epochs.jsonl records the flags "
+                  "in force on every later epoch.")
 
 # ------------------------------------------------------------------------------------------- model hparams
 # None = the model's own default. Flags a model does not take are reported, not silently applied.
@@ -194,7 +197,7 @@ def train_config(**overrides):
                       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
                       lr_decay=FLAGS.lr_decay, seed=FLAGS.seed, patience=FLAGS.patience,
                       jit_compile=FLAGS.jit_compile, steps_per_epoch=FLAGS.steps_per_epoch,
-                      cpu_replicas=FLAGS.cpu_replicas,
+                      cpu_replicas=FLAGS.cpu_replicas, allow_changed_flags=FLAGS.allow_changed_flags,
                       verbose=int(FLAGS.verbose) if FLAGS.verbose.isdigit() else FLAGS.verbose)
     for k, v in overrides.items():
         setattr(cfg, k, v)

@@ -148,6 +148,28 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_jsonl(path: str) -> List[dict]:
+    """The rows of a JSON-lines file written by appending (`epochs.jsonl`); [] when it does not exist.
+
+    A final line without its newline that does not parse is the row a killed process was writing: it is dropped.
+    Any other line that does not parse is an error naming the file and the line."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            if n == len(lines):  # no newline after it: torn by a kill while it was written
+                break
+            raise SchemaError(f"{path}: line {n} is not valid JSON ({e})") from None
+    return rows
+
+
 def read_manifest(data_dir: str) -> dict:
     """Reads `<data_dir>/manifest.json`, checking the parts every consumer relies on."""
     path = os.path.join(data_dir, MANIFEST)

@@ -281,7 +281,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _RECORD_OVERHEAD = 16  # TFRecord framing per record: uint64 length, masked crc32c of it, masked crc32c of the data
 
 
-def _tf_error_text(e) -> str:
+def tf_error_text(e) -> str:
     """First line of a TF error without the '{{function_node ...}}' prefix and '[Op:...]' suffix TF adds."""
     lines = getattr(e, "message", str(e)).strip().splitlines()
     msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", lines[0] if lines else "")
@@ -346,7 +346,7 @@ def find_bad_shard(files: Iterable[str], schema: Schema, compression: Optional[s
                 n_records += n
                 n_bytes += int(tf.reduce_sum(tf.strings.length(batch, unit="BYTE"))) + _RECORD_OVERHEAD * n
         except (tf.errors.OpError, ValueError) as e:
-            return f"{f}: {_tf_error_text(e)}{_compression_hint(f, compression)}"
+            return f"{f}: {tf_error_text(e)}{_compression_hint(f, compression)}"
         if not compression:
             size = tf.io.gfile.stat(f).length
             if n_bytes != size:
