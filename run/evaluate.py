@@ -32,12 +32,16 @@ def evaluate_run(run_dir: str, split: str, dataset=None, batch_size: int = 4096)
 
 def main(argv):
     del argv
+    if not FLAGS.run_dir:
+        return common.fail("run.evaluate: --run_dir is required")
+    try:
+        common.validate(["split"], {"split": (lambda v: v in ("train", "valid", "test"), "train, valid or test")})
+    except flags.ValidationError as e:
+        return common.fail(f"run.evaluate: {e}")
     common.quiet_tf()
     from mmctr_tf.data.schema import write_json_atomic
     from mmctr_tf.evaluation.metrics import rela_impr
 
-    if not FLAGS.run_dir:
-        return common.fail("run.evaluate: --run_dir is required")
     ds = FLAGS.dataset if FLAGS["dataset"].present else None
     try:
         res = evaluate_run(FLAGS.run_dir, FLAGS.split, ds)

@@ -6,7 +6,7 @@ Started again with the same flags (or the same --run_dir), a killed run resumes 
 
 from __future__ import annotations
 
-from absl import app
+from absl import app, flags
 
 from run import common
 
@@ -15,6 +15,10 @@ FLAGS = common.FLAGS
 
 def main(argv):
     del argv
+    try:
+        common.validate(common.TRAIN_FLAGS)
+    except flags.ValidationError as e:
+        return common.fail(f"run.train: {e}")
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.locks import LockHeld

@@ -398,3 +398,46 @@ def test_dataset_replaced_under_a_run_is_named(small_dataset, tmp_path):
            f"started)")
     assert evaluate_or_error(model, data, "test", 4096) == {"error": why} and unreadable(data, ["valid"]) == why
     assert not Dataset(str(data_dir)).replaced()
+
+
+def test_flags_are_validated_before_tensorflow_and_before_any_file(tmp_path):
+    """Issue #15.8 (and #19): bad flags of every command are refused with exit code 2 and one line naming the flag,
+    before TensorFlow is imported and before anything is written (was: --batch_size=0 a TF traceback with config.json
+    left behind, --epochs=0 exit 0 with an untrained model recorded as finished)."""
+    run = tmp_path / "run"
+    cases = [("train", f"--run_dir={run} --batch_size=0", "--batch_size=0: must be >= 1"),
+             ("train", f"--run_dir={run} --epochs=0", "--epochs=0: must be >= 1"),
+             ("train", f"--run_dir={run} --learning_rate=nan", "--learning_rate=nan: must be a finite number > 0"),
+             ("train", f"--run_dir={run} --learning_rate=-0.1", "--learning_rate=-0.1: must be a finite number > 0"),
+             ("train", f"--run_dir={run} --lr_decay=1.5", "--lr_decay=1.5: must be in (0, 1]"),
+             ("train", f"--run_dir={run} --steps_per_epoch=0", "--steps_per_epoch=0: must be >= 1"),
+             ("train", f"--run_dir={run} --model=dinn", "--model=dinn: must be one of din, mm_concat"),
+             ("compare", f"--out_dir={run} --seeds=0", "--seeds=0: must be >= 1"),
+             ("compare", f"--out_dir={run} --models=din,dmea", "--models=din,dmea: must be a list of din"),
+             ("compare", f"--out_dir={run} --learning_rates=0.1,inf", "--learning_rates=0.1,inf: must be a list"),
+             ("bench", "--bench_steps=0", "--bench_steps=0: must be >= 1"),
+             ("bench", "--latency_batches=1,0", "--latency_batches=1,0: must be a list of integers >= 1"),
+             ("evaluate", f"--run_dir={run} --split=tset", "--split=tset: must be train, valid or test"),
+             ("export", f"--run_dir={run} --export_dir={run} --version=0", "--version=0: must be >= 1")]
+    code = """if 1:
+        import contextlib, io, json, sys
+        from run import bench, common, compare, evaluate, export, train
+        parse = {"train": common.parse_with_configs, "compare": common.parse_for_several_models,
+                 "bench": common.parse_for_several_models, "evaluate": common.FLAGS, "export": common.FLAGS}
+        for line in sys.stdin:
+            cmd, args = json.loads(line)
+            common.FLAGS.unparse_flags()
+            parse[cmd](["run." + cmd, *args.split()])
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = globals()[cmd].main([])
+            print(json.dumps([rc, err.getvalue(), "tensorflow" in sys.modules]), flush=True)
+    """
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120,
+                       input="".join(json.dumps([c, a]) + "\n" for c, a, _ in cases))
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == len(cases) and not run.exists()
+    for (cmd, args, message), line in zip(cases, r.stdout.splitlines()):
+        rc, err, tf_imported = json.loads(line)
+        assert rc == 2 and err.startswith(f"run.{cmd}: {message}") and err.count("\n") == 1, (cmd, args, rc, err)
+        assert not tf_imported, (cmd, args)
