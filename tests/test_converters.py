@@ -729,6 +729,43 @@ def test_second_conversion_into_one_output_is_refused_and_a_dead_holders_lock_ta
     assert sorted(os.listdir(tmp_path / "data")) == ["g"] and read_manifest(str(out))["stats"] == m["stats"]
 
 
+def test_hostile_raw_files_get_clear_messages(tmp_path):
+    """Issue #15.9: a UTF-8 byte-order mark before the header is read as such; non-numeric times, a file that is
+    not .npy, complex vectors and NUL bytes in ids are refused or counted with the reason."""
+    raw = tmp_path / "raw"
+    fx = make_generic(str(raw))
+    text = (raw / "interactions.csv").read_text()
+    (raw / "interactions.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8"
+    exp, _, _, kept_users = expected_din(fx["events"])
+    assert converters.convert("bom", str(raw), str(tmp_path / "bom"), log=quiet)["stats"]["users"] == len(kept_users)
+
+    lines = text.splitlines()
+    (raw / "interactions.csv").write_text("\n".join([lines[0]] + [re.sub(r",(\d+)$", r",t\1", x)
+                                                                  for x in lines[1:]]) + "\n")
+    first = lines[1].rsplit(",", 1)[1]
+    with pytest.raises(converters.ConversionError, match=re.escape(
+            f"dataset 'times': the raw files hold no valid interaction (interactions.csv: {len(lines) - 1} malformed "
+            f"line(s), e.g. line 2: time value 't{first}' is not numeric, line 3: ")):
+        converters.convert("times", str(raw), str(tmp_path / "times"), log=quiet)
+
+    (raw / "interactions.csv").write_text(text.replace("u3,", "u\x003,", 2))
+    vectors = np.load(raw / "text_vectors.npy")
+    for content, words in ((b"row,text\n0,1.0\n", "not a .npy file (it does not start with numpy's .npy header); "
+                            "vectors for modality 'text' must be saved with numpy.save"),
+                           (vectors.astype(np.complex64), "vectors for modality 'text' must be a real-valued (integer "
+                            "or float) [items, dim] array, got complex64 (32, 6)")):
+        with open(raw / "text_vectors.npy", "wb") as f:
+            f.write(content) if isinstance(content, bytes) else np.save(f, content)
+        with pytest.raises(SchemaError, match=re.escape(f"{raw / 'text_vectors.npy'}: {words}")):
+            converters.convert("nul", str(raw), str(tmp_path / "nul"), log=quiet)
+    np.save(raw / "text_vectors.npy", vectors)
+    m = converters.convert("nul", str(raw), str(tmp_path / "nul"), log=quiet)
+    nul_lines = [n + 1 for n, x in enumerate(text.replace("u3,", "u\x003,", 2).splitlines()) if "\x00" in x]
+    assert m["stats"]["malformed_lines"]["interactions.csv"] == 3 + 2 and len(nul_lines) == 2
+    assert f"line {nul_lines[0]}: user or item id contains a NUL byte" in json.dumps(m["stats"])
+    assert "\x00" not in (tmp_path / "nul" / "user_map.tsv").read_text()
+
+
 def test_ctrl_c_during_conversion_says_what_was_kept(tmp_path):
     """Issue #15.12: Ctrl-C (SIGINT) while a restartable conversion writes its partitions: exit code 130 and one
     line naming what was kept and how to resume, no traceback; the same command then resumes."""

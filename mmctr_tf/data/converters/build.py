@@ -223,7 +223,10 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
     cfg = protocol
     n_read = len(events)
     if n_read == 0:
-        raise ConversionError(f"dataset '{name}': the raw files hold no valid interaction")
+        why = "; ".join(f"{os.path.basename(e.path)}: {e.count} malformed line(s), e.g. {', '.join(e.examples[:2])}"
+                        for e in read_errors if e.count)
+        raise ConversionError(f"dataset '{name}': the raw files hold no valid interaction"
+                              + (f" ({why})" if why else ""))
     users_sorted = events.users.sorted()
     items_sorted = events.items.sorted()
     users_read, NI = len(users_sorted), len(items_sorted)

@@ -133,7 +133,7 @@ def resumable_output_dir(out_dir: str, name: str, log=print):
 
 
 def _clean_field(s: str) -> str:
-    return str(s).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return str(s).replace("\t", " ").replace("\r", " ").replace("\n", " ").replace("\x00", " ")
 
 
 def write_tsv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
