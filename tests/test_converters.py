@@ -24,7 +24,7 @@ from mmctr_tf.data import converters, synthetic
 from mmctr_tf.data.converters import build, generic, text_embed
 from mmctr_tf.data.converters.amazon import parse_record
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
-from mmctr_tf.data.schema import SchemaError, read_manifest
+from mmctr_tf.data.schema import SchemaError, read_manifest, write_manifest
 from mmctr_tf.locks import LockHeld
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -794,6 +794,22 @@ def test_ctrl_c_during_conversion_says_what_was_kept(tmp_path):
                        write=converters.WriteConfig(num_shards=4, compression="GZIP", partition_events=40, resume=True))
     assert any("resuming: 1 of " in line for line in logs), logs
     assert sorted(os.listdir(tmp_path)) == ["g", "raw"]
+
+
+def test_manifest_vocabulary_is_checked_against_the_written_ids(tmp_path):
+    """Issue #15.10 (conversion side): each split records the largest id written per field, and a manifest whose
+    vocabulary does not cover them is not written (nor read, see test_fuzz)."""
+    raw = str(tmp_path / "raw")
+    make_generic(raw)
+    out = str(tmp_path / "g")
+    m = converters.convert("g", raw, out, log=quiet)
+    cols = read_split(out, "train")
+    assert m["splits"]["train"]["max_id"] == {k: int(v.max()) for k, v in cols.items() if k.endswith("_id")}
+    top = m["splits"]["train"]["max_id"]["item_id"]
+    m["schema"]["vocab"]["item_id"] = top  # ids 0..top-1
+    with pytest.raises(SchemaError, match=re.escape(f"{out}/manifest.json: split 'train' holds item_id ids up to "
+                                                    f"{top}, but the vocabulary of 'item_id' has {top} rows")):
+        write_manifest(out, m)
 
 
 # --------------------------------------------------------------------------------------------------- shared data

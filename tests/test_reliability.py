@@ -441,3 +441,26 @@ def test_flags_are_validated_before_tensorflow_and_before_any_file(tmp_path):
         rc, err, tf_imported = json.loads(line)
         assert rc == 2 and err.startswith(f"run.{cmd}: {message}") and err.count("\n") == 1, (cmd, args, rc, err)
         assert not tf_imported, (cmd, args)
+
+
+def test_evaluating_a_run_on_another_dataset_warns_and_names_both(small_dataset, tmp_path):
+    """Issue #15.10: run.evaluate of a run on a dataset other than its own (was: scored silently, and
+    eval_<split>.json did not name the dataset) warns, naming both, and records both."""
+    from mmctr_tf.models import build_model
+    from run.evaluate import evaluate_run
+
+    data = Dataset(small_dataset)
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    model = build_model("lr", data.schema)
+    model.save_weights(str(run / cb.BEST_WEIGHTS))
+    with open(run / "config.json", "w") as f:
+        json.dump({"train": {"model": "lr", "dataset": small_dataset, "data_dir": "tfrecords"}, "hparams": {},
+                   "schema": data.schema.to_dict(), "data_path": small_dataset}, f)
+    warnings = []
+    own = evaluate_run(str(run), "test", warn=warnings.append)
+    assert warnings == [] and own["dataset"] == "small" and own["data_path"] == small_dataset
+    shutil.copytree(small_dataset, other)
+    res = evaluate_run(str(run), "test", str(other), warn=warnings.append)
+    assert warnings == [f"run.evaluate: warning: {run} was trained on {small_dataset}; evaluating it on {other}"]
+    assert res["data_path"] == str(other) and res["trained_on"] == small_dataset and res["auc"] == own["auc"]

@@ -184,7 +184,22 @@ def read_manifest(data_dir: str) -> dict:
         if key not in manifest:
             raise SchemaError(f"{path}: manifest has no field '{key}'")
     manifest["schema_obj"] = Schema.from_dict(manifest["schema"], source=path)
+    check_max_ids(manifest, path)
     return manifest
+
+
+def check_max_ids(manifest: dict, source: str) -> None:
+    """Raises SchemaError when a split's recorded largest id (`max_id`, written by the converters) is not inside
+    the manifest's vocabulary: the manifest does not describe its shards, whose ids a model would read as
+    out-of-vocabulary."""
+    vocab = manifest["schema"]["vocab"]
+    for split, entry in manifest["splits"].items():
+        for field, top in (entry.get("max_id") or {}).items():
+            base = field[5:] if field.startswith("hist_") else field
+            if base in vocab and top >= vocab[base]:
+                raise SchemaError(f"{source}: split '{split}' holds {field} ids up to {top}, but the vocabulary of "
+                                  f"'{base}' has {vocab[base]} rows (ids 0..{vocab[base] - 1}): the manifest does not "
+                                  f"describe its shards (convert the dataset again)")
 
 
 def schema_of(data_dir: str) -> Schema:
@@ -193,4 +208,5 @@ def schema_of(data_dir: str) -> Schema:
 
 def write_manifest(data_dir: str, manifest: dict) -> None:
     manifest = {k: v for k, v in manifest.items() if k != "schema_obj"}
+    check_max_ids(manifest, os.path.join(data_dir, MANIFEST))
     write_json_atomic(os.path.join(data_dir, MANIFEST), manifest)

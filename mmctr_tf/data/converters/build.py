@@ -320,7 +320,7 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
                     "protocol": {**dataclasses.asdict(cfg), "description": cfg.describe()}}
         total_examples = total_pos = 0
         for s in SPLITS:
-            entry = {"files": [], "examples": 0, "positives": 0, "oov": {}, "users": 0}
+            entry = {"files": [], "examples": 0, "positives": 0, "oov": {}, "max_id": {}, "users": 0}
             for p in range(P):
                 e = summaries[p]["splits"][s]
                 entry["files"] += e["files"]
@@ -329,6 +329,8 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
                 entry["users"] += e["users"]
                 for k, v in e["oov"].items():
                     entry["oov"][k] = entry["oov"].get(k, 0) + v
+                for k, v in e.get("max_id", {}).items():
+                    entry["max_id"][k] = max(entry["max_id"].get(k, 0), v)
             n = entry["examples"]
             entry["positive_rate"] = float(entry["positives"] / n) if n else 0.0
             manifest["splits"][s] = entry
