@@ -349,6 +349,27 @@ def test_dataset_split_with_a_damaged_shard(small_dataset, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- hostile use (issue #15)
+def test_named_signature_names_a_feature_of_the_wrong_rank(din):
+    """Issue #15.11: a [B, 1] id or hist_len, or a [B] or [B, 1, W] history, fails naming the feature and its expected
+    shape (the signature declared [B] but did not enforce it: a [B, 1] user_id failed in a ConcatOp deep in DIN)."""
+    _, named = din
+    good = {"user_id": [3, 4], "item_id": [7, 8], "cate_id": [2, 2], "hist_item_id": [[5, 9, 11], [1, 0, 0]],
+            "hist_cate_id": [[1, 2, 2], [3, 0, 0]], "hist_len": [3, 1]}
+
+    def call(**req):
+        return named(**{k: tf.constant(v, tf.int64) for k, v in req.items()})["probability"].numpy()
+
+    expected = call(**good)
+    for name, value, shape in [("user_id", [[3], [4]], "[2,1]"), ("item_id", [[7], [8]], "[2,1]"),
+                               ("hist_len", [[3], [1]], "[2,1]"), ("hist_item_id", [5, 1], "[2]"),
+                               ("hist_cate_id", [[[1, 2, 2]], [[3, 0, 0]]], "[2,1,3]")]:
+        rank = "[?,?]" if name.startswith("hist_") and name != "hist_len" else "[?]"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+                f"Shape of tensor {name} {shape} is not compatible with expected shape {rank}")):
+            call(**{**good, name: value})
+        np.testing.assert_array_equal(call(**good), expected)  # still serving
+
+
 def test_ids_beyond_the_manifest_vocabulary_are_refused_at_read(small_dataset, tmp_path):
     """Issue #15.10 (read side): a manifest whose vocabulary is smaller than the ids in its shards. With the largest
     ids recorded (converters write them), opening the dataset fails naming split and field; without them (older
