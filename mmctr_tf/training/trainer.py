@@ -275,8 +275,7 @@ def _train(cfg: TrainConfig, hparams: Optional[dict], run_dir: str, log, extra_c
     if previous is None:
         log(f"[train] {cfg.model} on {data.path}: {model.count_params():,} parameters, {replicas} replica(s), "
             f"global batch {global_batch}, {steps} steps/epoch, run_dir {run_dir}")
-        result = _fit(model, data, cfg, run_dir, best, global_batch, steps, epoch_extra, extra_callbacks)
-        result.update({"replicas": replicas, "global_batch": global_batch})
+        result = _fit(model, data, cfg, run_dir, best, replicas, steps, epoch_extra, extra_callbacks)
     else:
         log(f"[train] {run_dir}: training finished earlier; evaluating again ({METRICS} recorded: "
             f"{'; '.join(failed_splits(previous).values())})")
@@ -301,17 +300,18 @@ def _train(cfg: TrainConfig, hparams: Optional[dict], run_dir: str, log, extra_c
 def evaluate_or_error(model, data: Dataset, split: str, batch_size: int) -> dict:
     """`evaluate_split`, or {"error": why} when the split cannot be read or the dataset was replaced since the run
     opened it (its ids may mean other items now)."""
+    if data.replaced():
+        return {"error": unreadable(data, [split])}
     try:
-        if not data.replaced():
-            return evaluate_split(model, data, split, batch_size)
+        return evaluate_split(model, data, split, batch_size)
     except DATA_ERRORS as e:
         return {"error": unreadable(data, [split]) or f"{split} data: {tf_error_text(e)}"}
-    return {"error": unreadable(data, [split])}
 
 
-def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, global_batch: int, steps: int, epoch_extra,
+def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, replicas: int, steps: int, epoch_extra,
          extra_callbacks) -> dict:
     """Keras `fit` with the run directory's callbacks; returns the training part of metrics.json."""
+    global_batch = cfg.batch_size * replicas
     train_ds = data.tf_dataset("train", global_batch, shuffle=True, seed=cfg.seed, repeat=True)
     valid_ds = data.tf_dataset("valid", global_batch)
     speed = Throughput(global_batch, steps)
@@ -339,6 +339,7 @@ def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, global_batc
         "backbone": getattr(model, "backbone_name", None),  # None for models without a sequence backbone
         "best_epoch": best.state["best_epoch"], "best_val_auc_keras": best.state["best"],
         "epochs_run": len(cb.read_epochs(run_dir)), "params": int(model.count_params()),
+        "replicas": replicas, "global_batch": global_batch,
         "train_examples_per_sec": speed.examples_per_sec,
         "gauc_weighting": "impression-weighted mean of per-group AUC over groups with both classes",
     }
