@@ -40,13 +40,19 @@ def lock_path(target: str) -> str:
     return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.lock")
 
 
-def _start_time(pid: int) -> Optional[str]:
-    """The process' start time in clock ticks since boot (Linux /proc), to tell a reused pid; None elsewhere."""
+def _proc_stat(pid: int):
+    """(state, start time in clock ticks since boot) of a process from Linux /proc (the start time tells a reused
+    pid); (None, None) elsewhere."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
     except (OSError, IndexError):
-        return None
+        return None, None
+
+
+def _start_time(pid: int) -> Optional[str]:
+    return _proc_stat(pid)[1]
 
 
 def _alive(holder: dict) -> Optional[bool]:
@@ -62,8 +68,9 @@ def _alive(holder: dict) -> Optional[bool]:
         return False
     except PermissionError:
         pass  # exists, owned by another user
+    state, now_started = _proc_stat(pid)
     started = holder.get("started")
-    return not (started and _start_time(pid) not in (None, started))
+    return state != "Z" and not (started and now_started not in (None, started))  # a zombie has exited
 
 
 def _read(path: str) -> Optional[dict]:
@@ -79,12 +86,15 @@ def _read(path: str) -> Optional[dict]:
 
 
 def _describe(holder: dict) -> str:
+    if not holder:
+        return "an unreadable lock file"
     return (f"{holder.get('what') or 'a process'} (pid {holder.get('pid')} on {holder.get('host')}, since "
             f"{holder.get('since', '?')})")
 
 
 def _break_stale(path: str, seen: dict) -> bool:
-    """Removes the lock file if it still holds `seen` (a dead holder); False when another process is breaking it."""
+    """Removes the lock file if it still holds `seen` (a dead holder); False when it did not (another process is
+    breaking it, or has taken the lock meanwhile)."""
     breaker = path + ".break"
     try:
         fd = os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -97,11 +107,12 @@ def _break_stale(path: str, seen: dict) -> bool:
         return False
     os.close(fd)
     try:
-        if _read(path) == seen:
+        stale = _read(path) == seen
+        if stale:
             os.remove(path)
     finally:
         os.remove(breaker)
-    return True
+    return stale
 
 
 def _acquire(path: str, what: str, log) -> None:
@@ -115,15 +126,17 @@ def _acquire(path: str, what: str, log) -> None:
             holder = _read(path)
             if holder is None:  # released meanwhile
                 continue
-            alive = _alive(holder) if holder else None
-            if not holder:  # being written by its taker (a few microseconds), or garbage left by a crash
+            if holder:
+                alive = _alive(holder)
+            else:  # being written by its taker (a few microseconds), or garbage left by a crash
                 try:
                     alive = time.time() - os.path.getmtime(path) < BREAK_TIMEOUT_S
                 except OSError:
                     continue
                 if alive:
-                    time.sleep(0.05)
-                    continue
+                    raise LockHeld(f"{target} is being taken by another process (its lock {path} is not written "
+                                   f"yet); if none is running, delete the lock file")
+                alive = False
             if alive is False:
                 if _break_stale(path, holder):
                     log(f"[lock] {target}: took over the lock of {_describe(holder)}, which is no longer running")
