@@ -102,10 +102,9 @@ CHECKS = {"bench_steps": (lambda v: v >= 1, ">= 1"), "warmup_steps": (lambda v: 
 
 def main(argv):
     del argv  # flags only; children get this command's own command line (sys.argv)
-    try:
-        common.validate(["model", "models", "batch_size", "seed", *CHECKS], CHECKS)
-    except flags.ValidationError as e:
-        return common.fail(f"run.bench: {e}")
+    bad = common.flag_error(["model", "models", "batch_size", "seed", *CHECKS], CHECKS)
+    if bad:
+        return common.fail(f"run.bench: {bad}")
     common.quiet_tf()
     if FLAGS.child:
         print(RESULT + json.dumps(measure_child(FLAGS.child)), flush=True)

@@ -200,7 +200,7 @@ def _in_range(lo, hi=None):
     return lambda v: lo <= v and (hi is None or v <= hi)
 
 
-# flag -> (test of its value, what it must be). Checked by `validate` before TensorFlow is imported and before
+# flag -> (test of its value, what it must be). Checked by `flag_error` before TensorFlow is imported and before
 # anything is written.
 CHECKS = {
     "model": (lambda v: v in MODEL_NAMES, f"one of {', '.join(MODEL_NAMES)}"),
@@ -221,16 +221,16 @@ TRAIN_FLAGS = ("model", "epochs", "batch_size", "learning_rate", "lr_decay", "se
                "cpu_replicas", "verbose")
 
 
-def validate(names, checks=None) -> None:
-    """Raises flags.ValidationError naming the first flag among `names` whose value is not what it must be
-    (`CHECKS`, updated with the command's own `checks`). Absl only: call it first in `main`."""
+def flag_error(names, checks=None):
+    """'--flag=value: must be ...' for the first flag among `names` whose value is not what it must be (`CHECKS`,
+    updated with the command's own `checks`), else None. Absl only: call it first in `main`."""
     checks = {**CHECKS, **(checks or {})}
     for name in names:
         ok, must = checks[name]
         value = FLAGS[name].value
         if not ok(value):
-            shown = ",".join(value) if isinstance(value, list) else value
-            raise flags.ValidationError(f"--{name}={shown}: must be {must}")
+            return f"--{name}={','.join(value) if isinstance(value, list) else value}: must be {must}"
+    return None
 
 
 def train_config(**overrides):

@@ -42,11 +42,10 @@ CHECKS = {"seeds": (lambda v: v >= 1, ">= 1"), "learning_rates": (_rates, "a lis
 
 def main(argv):
     del argv
-    try:
-        common.validate(["models", "seeds", "learning_rates"] + [f for f in common.TRAIN_FLAGS if f != "model"],
-                        CHECKS)
-    except flags.ValidationError as e:
-        return common.fail(f"run.compare: {e}")
+    bad = common.flag_error(["models", "seeds", "learning_rates"] + [f for f in common.TRAIN_FLAGS if f != "model"],
+                            CHECKS)
+    if bad:
+        return common.fail(f"run.compare: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.evaluation import compare as C

@@ -48,10 +48,9 @@ def main(argv):
     del argv
     if not FLAGS.run_dir:
         return common.fail("run.evaluate: --run_dir is required")
-    try:
-        common.validate(["split"], {"split": (lambda v: v in ("train", "valid", "test"), "train, valid or test")})
-    except flags.ValidationError as e:
-        return common.fail(f"run.evaluate: {e}")
+    bad = common.flag_error(["split"], {"split": (lambda v: v in ("train", "valid", "test"), "train, valid or test")})
+    if bad:
+        return common.fail(f"run.evaluate: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.schema import write_json_atomic
     from mmctr_tf.evaluation.metrics import rela_impr

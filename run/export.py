@@ -22,10 +22,10 @@ def main(argv):
     del argv
     if not FLAGS.run_dir or not FLAGS.export_dir:
         return common.fail("run.export: --run_dir and --export_dir are required")
-    try:
-        common.validate(["version"], {"version": (lambda v: v is None or v >= 1, ">= 1 (or not given: the next one)")})
-    except flags.ValidationError as e:
-        return common.fail(f"run.export: {e}")
+    bad = common.flag_error(["version"], {"version": (lambda v: v is None or v >= 1, ">= 1 (or not given: the next "
+                                                     "one)")})
+    if bad:
+        return common.fail(f"run.export: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.datasets import Dataset
     from mmctr_tf.export.saved_model import export_model

@@ -6,7 +6,7 @@ Started again with the same flags (or the same --run_dir), a killed run resumes 
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app
 
 from run import common
 
@@ -15,10 +15,9 @@ FLAGS = common.FLAGS
 
 def main(argv):
     del argv
-    try:
-        common.validate(common.TRAIN_FLAGS)
-    except flags.ValidationError as e:
-        return common.fail(f"run.train: {e}")
+    bad = common.flag_error(common.TRAIN_FLAGS)
+    if bad:
+        return common.fail(f"run.train: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.locks import LockHeld
