@@ -332,11 +332,12 @@ def _first_non_example(records) -> int:
 def find_bad_shard(files: Iterable[str], schema: Schema, compression: Optional[str] = None) -> Optional[str]:
     """Reads each shard on its own and returns 'file: reason' for the first that is corrupt or off-schema.
 
-    Ids outside the schema's vocabulary are named with their record and field. Parse errors name the record ('record N', counted from 0 in the file) and the field. A record that is not a
-    serialized tf.Example at all is named by its index (TF's own error would carry its raw bytes, which Python
-    cannot decode). An uncompressed shard whose last record is cut off is reported as truncated: TF's reader
-    treats a partial record at the end of a file as the end of the data and drops it silently, so the bytes its
-    records span are compared with the file size. A GZIP file read uncompressed (or the reverse) gets a hint.
+    Parse errors name the record ('record N', counted from 0 in the file) and the field; so do ids outside the
+    schema's vocabulary (the manifest does not describe the shard). A record that is not a serialized tf.Example at
+    all is named by its index (TF's own error would carry its raw bytes, which Python cannot decode). An
+    uncompressed shard whose last record is cut off is reported as truncated: TF's reader treats a partial record at
+    the end of a file as the end of the data and drops it silently, so the bytes its records span are compared with
+    the file size. A GZIP file read uncompressed (or the reverse) gets a hint.
     """
     import tensorflow as tf
 
