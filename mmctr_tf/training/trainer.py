@@ -119,8 +119,9 @@ class Throughput(keras.callbacks.Callback):
         return self.epochs * self.examples_per_epoch / self.seconds if self.seconds else None
 
 
-# TrainConfig fields that do not change what a run trains: they may differ when a run is resumed
-RESUME_FREE = ("run_dir", "verbose", "eval_batch_size", "jit_compile", "allow_changed_flags")
+# TrainConfig fields that do not change what a run trains: they may differ when a run is resumed (the dataset
+# directory is compared as the resolved `data_path`, not as the --data_dir spelling)
+RESUME_FREE = ("run_dir", "verbose", "eval_batch_size", "jit_compile", "allow_changed_flags", "data_dir")
 # fields that may grow when a run is resumed: that is how a run is extended
 RESUME_GROW = ("epochs", "patience")
 
@@ -162,15 +163,19 @@ def resume_record(run_dir: str, record: dict):
             continue
         if v != was:
             changed[k] = (was, v)
+    if old.get("data_path") and os.path.realpath(old["data_path"]) != os.path.realpath(record["data_path"]):
+        changed["data_path"] = (old["data_path"], record["data_path"])
     if changed and not new.get("allow_changed_flags"):
         raise ValueError(f"{path}: this run was started with other training flags: "
-                         + ", ".join(f"--{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                         + ", ".join(f"{'the dataset directory' if k == 'data_path' else '--' + k} {a!r} -> {b!r}"
+                                     for k, (a, b) in changed.items())
                          + "; resume with the same flags (--epochs and --patience may grow, to extend a run), use "
                          "another --run_dir, or pass --allow_changed_flags to go on with the new values (epochs.jsonl "
                          "then records them on every later epoch)")
-    out = {**old, "train": {**start, **{k: new[k] for k in RESUME_GROW if k in new}}, "data_path": record["data_path"]}
+    out = {**old, "train": {**start, **{k: new[k] for k in RESUME_GROW if k in new}}}
     if changed:
         out["flag_changes"] = old.get("flag_changes", []) + [{k: b for k, (_, b) in changed.items()}]
+        out["data_path"] = record["data_path"]
     differ = {k: new[k] for k in new if k in start and k not in RESUME_FREE + RESUME_GROW and new[k] != start[k]}
     return out, ({"flags": differ} if differ else {})
 
