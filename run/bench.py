@@ -16,6 +16,7 @@ between rows of one run (this machine's absolute speed is noisy). `--out=bench.j
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -87,8 +88,23 @@ def input_row() -> dict:
     return {"compression": data.compression or "none", "path": data.path, "seq_len": data.schema.seq_len, **r}
 
 
+def _batches(v) -> bool:
+    try:
+        return bool(v) and all(int(b) >= 1 for b in v)
+    except ValueError:
+        return False
+
+
+CHECKS = {"bench_steps": (lambda v: v >= 1, ">= 1"), "warmup_steps": (lambda v: v >= 0, ">= 0"),
+          "latency_batches": (_batches, "a list of integers >= 1"),
+          "input_seconds": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")}
+
+
 def main(argv):
     del argv  # flags only; children get this command's own command line (sys.argv)
+    bad = common.flag_error(["model", "models", "batch_size", "seed", *CHECKS], CHECKS)
+    if bad:
+        return common.fail(f"run.bench: {bad}")
     common.quiet_tf()
     if FLAGS.child:
         print(RESULT + json.dumps(measure_child(FLAGS.child)), flush=True)

@@ -7,6 +7,7 @@ given explicitly (including another `--flagfile`, e.g. configs/dmae_industrial.c
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -15,6 +16,10 @@ from absl import logging as absl_logging
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 FLAGS = flags.FLAGS
+# The registered model names (`mmctr_tf.models.MODELS`' keys; tests/test_cli.py checks they agree), here so that a
+# bad --model is refused before TensorFlow is imported.
+MODEL_NAMES = ("din", "mm_concat", "dmae", "diff_msin", "lr", "fm", "deepfm", "wide_deep", "youtubenet", "gru4rec",
+               "bst", "simtier")
 
 # ------------------------------------------------------------------------------------------- run / data
 flags.DEFINE_string("model", "din", "Model: din, mm_concat, dmae, diff_msin; baselines: lr, fm, deepfm, wide_deep, "
@@ -34,6 +39,9 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over train).")
 flags.DEFINE_integer("cpu_replicas", 1, "On CPU-only hosts, split the CPU into this many MirroredStrategy replicas.")
 flags.DEFINE_string("verbose", "auto", "Keras fit verbosity: auto, 0, 1, 2.")
+flags.DEFINE_bool("allow_changed_flags", False, "Resume a run with training flags other than those it was started "
+                  "with (refused otherwise; --epochs and --patience may always grow); epochs.jsonl records the flags "
+                  "in force on every later epoch.")
 
 # ------------------------------------------------------------------------------------------- model hparams
 # None = the model's own default. Flags a model does not take are reported, not silently applied.
@@ -188,6 +196,44 @@ def parse_for_several_models(argv):
     return FLAGS(argv[:1] + kept + argv[1:])
 
 
+# ------------------------------------------------------------------------------------------- validation
+def _in_range(lo, hi=None):
+    return lambda v: lo <= v and (hi is None or v <= hi)
+
+
+# flag -> (test of its value, what it must be). Checked by `flag_error` before TensorFlow is imported and before
+# anything is written.
+CHECKS = {
+    "model": (lambda v: v in MODEL_NAMES, f"one of {', '.join(MODEL_NAMES)}"),
+    "models": (lambda v: v is None or (bool(v) and all(m.strip() in MODEL_NAMES for m in v)),
+               f"a list of {', '.join(MODEL_NAMES)}"),
+    "epochs": (_in_range(1), ">= 1"),
+    "batch_size": (_in_range(1), ">= 1"),
+    "learning_rate": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "lr_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "seed": (_in_range(0, 2 ** 32 - 1), "in [0, 2^32 - 1]"),
+    "patience": (_in_range(1), ">= 1"),
+    "steps_per_epoch": (lambda v: v is None or v >= 1, ">= 1 (or not given: one pass over the training split)"),
+    "cpu_replicas": (_in_range(1), ">= 1"),
+    "verbose": (lambda v: v in ("auto", "0", "1", "2"), "auto, 0, 1 or 2"),
+}
+# the flags of `run.train` (and, without --model, of the commands that train several models)
+TRAIN_FLAGS = ("model", "epochs", "batch_size", "learning_rate", "lr_decay", "seed", "patience", "steps_per_epoch",
+               "cpu_replicas", "verbose")
+
+
+def flag_error(names, checks=None):
+    """'--flag=value: must be ...' for the first flag among `names` whose value is not what it must be (`CHECKS`,
+    updated with the command's own `checks`), else None. Absl only: call it first in `main`."""
+    checks = {**CHECKS, **(checks or {})}
+    for name in names:
+        ok, must = checks[name]
+        value = FLAGS[name].value
+        if not ok(value):
+            return f"--{name}={','.join(value) if isinstance(value, list) else value}: must be {must}"
+    return None
+
+
 def train_config(**overrides):
     from mmctr_tf.training.trainer import TrainConfig
 
@@ -195,7 +241,7 @@ def train_config(**overrides):
                       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
                       lr_decay=FLAGS.lr_decay, seed=FLAGS.seed, patience=FLAGS.patience,
                       jit_compile=FLAGS.jit_compile, steps_per_epoch=FLAGS.steps_per_epoch,
-                      cpu_replicas=FLAGS.cpu_replicas,
+                      cpu_replicas=FLAGS.cpu_replicas, allow_changed_flags=FLAGS.allow_changed_flags,
                       verbose=int(FLAGS.verbose) if FLAGS.verbose.isdigit() else FLAGS.verbose)
     for k, v in overrides.items():
         setattr(cfg, k, v)

@@ -11,6 +11,7 @@ only what is missing. See mmctr_tf/evaluation/compare.py.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -29,18 +30,28 @@ flags.DEFINE_list("learning_rates", None, "Learning-rate grid, selected per mode
 DEFAULT_MODELS = ["din", "dmae", "diff_msin"]
 
 
+def _rates(v) -> bool:
+    try:
+        return v is None or (bool(v) and all(math.isfinite(float(x)) and float(x) > 0 for x in v))
+    except ValueError:
+        return False
+
+
+CHECKS = {"seeds": (lambda v: v >= 1, ">= 1"), "learning_rates": (_rates, "a list of finite numbers > 0")}
+
+
 def main(argv):
     del argv
+    bad = common.flag_error(["models", "seeds", "learning_rates"] + [f for f in common.TRAIN_FLAGS if f != "model"],
+                            CHECKS)
+    if bad:
+        return common.fail(f"run.compare: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.evaluation import compare as C
 
     try:
-        if FLAGS.seeds < 1:
-            raise ValueError(f"--seeds={FLAGS.seeds}: must be >= 1")
         lrs = [float(x) for x in FLAGS.learning_rates] if FLAGS.learning_rates else [FLAGS.learning_rate]
-        if any(lr <= 0 for lr in lrs):
-            raise ValueError(f"--learning_rates={FLAGS.learning_rates}: learning rates must be > 0")
         models = [m.strip() for m in (FLAGS.models or DEFAULT_MODELS) if m.strip()]
         hparams = {m: common.accepted_model_hparams(m) for m in models}
         seeds = [FLAGS.seed + i for i in range(FLAGS.seeds)]

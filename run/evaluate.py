@@ -1,14 +1,16 @@
 """Evaluates a trained run on any split: `python -m run.evaluate --run_dir=runs/din-synthetic-s0 [--split=test]`.
 
-Prints a one-line table and writes `<run_dir>/eval_<split>.json`. With --baseline_run_dir, adds RelaImpr
-((AUC - 0.5) / (AUC_base - 0.5) - 1) against that run on the same split. GAUC is impression-weighted (see
-mmctr_tf/evaluation/metrics.py).
+Prints a one-line table and writes `<run_dir>/eval_<split>.json`, which names the dataset; `--dataset` evaluates the
+run on another dataset than its own, with a warning, and records the run's own in `trained_on`. With
+--baseline_run_dir, adds RelaImpr ((AUC - 0.5) / (AUC_base - 0.5) - 1) against that run on the same split. GAUC is
+impression-weighted (see mmctr_tf/evaluation/metrics.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -19,30 +21,49 @@ flags.DEFINE_string("split", "test", "train | valid | test.")
 flags.DEFINE_string("baseline_run_dir", None, "Run to compute RelaImpr against (evaluated on the same split).")
 
 
-def evaluate_run(run_dir: str, split: str, dataset=None, batch_size: int = 4096) -> dict:
-    from mmctr_tf.data.datasets import Dataset, ensure_dataset
+def evaluate_run(run_dir: str, split: str, dataset=None, batch_size: int = 4096, warn=None) -> dict:
+    """Metrics of the run's best checkpoint on `split` of its own dataset, or of `dataset` (a name or path): then the
+    result records the dataset the run was trained on, and `warn` (default: print to stderr) is told."""
+    from mmctr_tf.data.datasets import Dataset, dataset_dir, ensure_dataset
     from mmctr_tf.evaluation.evaluate import evaluate_split
     from mmctr_tf.training.trainer import load_run
 
     model, record = load_run(run_dir)
-    path = dataset or record.get("data_path") or ensure_dataset(record["train"]["dataset"], record["train"]["data_dir"])
-    return {"model": record["train"]["model"], "run_dir": run_dir, "split": split,
-            **evaluate_split(model, Dataset(path), split, batch_size)}
+    trained_on = record.get("data_path")
+    path = (dataset_dir(dataset, record["train"]["data_dir"]) if dataset else trained_on
+            or ensure_dataset(record["train"]["dataset"], record["train"]["data_dir"]))
+    data = Dataset(path)
+    out = {"model": record["train"]["model"], "run_dir": run_dir, "split": split, "dataset": data.manifest.get("name"),
+           "data_path": path}
+    if trained_on and os.path.realpath(path) != os.path.realpath(trained_on):
+        schema = "" if data.schema.to_dict() == record["schema"] else (
+            ", whose schema differs (ids may stand for other items and the scores mean nothing)")
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            f"run.evaluate: warning: {run_dir} was trained on {trained_on}; evaluating it on {path}{schema}")
+        out["trained_on"] = trained_on
+    return {**out, **evaluate_split(model, data, split, batch_size)}
 
 
 def main(argv):
     del argv
+    if not FLAGS.run_dir:
+        return common.fail("run.evaluate: --run_dir is required")
+    bad = common.flag_error(["split"], {"split": (lambda v: v in ("train", "valid", "test"), "train, valid or test")})
+    if bad:
+        return common.fail(f"run.evaluate: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.schema import write_json_atomic
     from mmctr_tf.evaluation.metrics import rela_impr
 
-    if not FLAGS.run_dir:
-        return common.fail("run.evaluate: --run_dir is required")
     ds = FLAGS.dataset if FLAGS["dataset"].present else None
     try:
         res = evaluate_run(FLAGS.run_dir, FLAGS.split, ds)
         if FLAGS.baseline_run_dir:
             base = evaluate_run(FLAGS.baseline_run_dir, FLAGS.split, ds)
+            if os.path.realpath(base["data_path"]) != os.path.realpath(res["data_path"]):
+                raise ValueError(f"--baseline_run_dir={FLAGS.baseline_run_dir} was evaluated on {base['data_path']}, "
+                                 f"the run on {res['data_path']}: RelaImpr compares AUCs on the same data (pass "
+                                 f"--dataset to evaluate both on one dataset)")
             res["baseline_run_dir"] = FLAGS.baseline_run_dir
             res["baseline_auc"] = base["auc"]
             res["rela_impr"] = rela_impr(res["auc"], base["auc"])

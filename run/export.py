@@ -20,13 +20,17 @@ flags.DEFINE_integer("version", None, "Version number (default: highest existing
 
 def main(argv):
     del argv
+    if not FLAGS.run_dir or not FLAGS.export_dir:
+        return common.fail("run.export: --run_dir and --export_dir are required")
+    bad = common.flag_error(["version"], {"version": (lambda v: v is None or v >= 1, ">= 1 (or not given: the next "
+                                                     "one)")})
+    if bad:
+        return common.fail(f"run.export: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.datasets import Dataset
     from mmctr_tf.export.saved_model import export_model
     from mmctr_tf.training.trainer import load_run
 
-    if not FLAGS.run_dir or not FLAGS.export_dir:
-        return common.fail("run.export: --run_dir and --export_dir are required")
     try:
         model, record = load_run(FLAGS.run_dir)
     except FileNotFoundError as e:

@@ -126,6 +126,34 @@ def convert_real(out_dir: str, compression: str) -> dict:
 def main(argv):
     del argv
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.data_dir, FLAGS.dataset)
+    from mmctr_tf.data.converters.output import OutputDirRefused
+    from mmctr_tf.locks import LockHeld
+
+    try:
+        return make(out_dir)
+    except (OutputDirRefused, LockHeld) as e:
+        print(f"make_data: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"make_data: interrupted; {interrupted_state(out_dir)}", file=sys.stderr)
+        return 130
+
+
+def interrupted_state(out_dir: str) -> str:
+    """What a conversion interrupted by Ctrl-C left behind, and how to go on (one line)."""
+    from mmctr_tf.data.converters.output import finished_partitions, partial_dir
+    from mmctr_tf.data.schema import MANIFEST
+
+    done = finished_partitions(out_dir)
+    if done:
+        return (f"{done} finished partition(s) kept in {partial_dir(out_dir)}; run the same command again to resume "
+                f"(--noresume starts over)")
+    before = "the previous dataset there is unchanged" if os.path.exists(os.path.join(out_dir, MANIFEST)) else \
+        "nothing was written there"
+    return f"nothing was kept, {before} ({out_dir}); run the same command again to start over"
+
+
+def make(out_dir: str) -> int:
     compression = "" if FLAGS.compression == "none" else FLAGS.compression
     if FLAGS.dataset in ("synthetic", "synthetic_industrial", "synthetic_scale"):
         from mmctr_tf.data import synthetic

@@ -15,18 +15,42 @@ FLAGS = common.FLAGS
 
 def main(argv):
     del argv
+    bad = common.flag_error(common.TRAIN_FLAGS)
+    if bad:
+        return common.fail(f"run.train: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
+    from mmctr_tf.locks import LockHeld
     from mmctr_tf.training.callbacks import NonFiniteLossError
     from mmctr_tf.training.trainer import train
 
     hparams = common.hparams_from_flags()
+    cfg = common.train_config()
     try:
         common.check_hparams(FLAGS.model, hparams)
-        train(common.train_config(), hparams)
-    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError) as e:
+        train(cfg, hparams)
+    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError, LockHeld) as e:
         return common.fail(f"run.train: {e}")
+    except KeyboardInterrupt:
+        return common.fail(f"run.train: interrupted; {interrupted_state(cfg.resolved_run_dir(), cfg.epochs)}", 130)
     return 0
+
+
+def interrupted_state(run_dir: str, epochs: int) -> str:
+    """What a run interrupted by Ctrl-C keeps, and how to go on (one line)."""
+    from mmctr_tf.training.callbacks import read_epochs
+
+    try:
+        done = len(read_epochs(run_dir))
+    except ValueError:
+        done = 0
+    if not done:
+        return f"no epoch had finished, nothing to resume in {run_dir}; run the same command again to start over"
+    if done >= epochs:
+        return (f"all {done} epochs had finished; the state is kept in {run_dir}: run the same command again to "
+                f"evaluate")
+    kept = f"epochs 1-{done}" if done > 1 else "epoch 1"
+    return f"{kept} of {epochs} kept in {run_dir}; run the same command again to resume from epoch {done + 1}"
 
 
 if __name__ == "__main__":

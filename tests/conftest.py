@@ -1,7 +1,10 @@
 """Shared fixtures. TensorFlow is imported once per pytest process; the CPU is split into two logical devices
 before anything initialises TensorFlow, so MirroredStrategy can be tested with two replicas."""
 
+import contextlib
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,3 +30,19 @@ def small_dataset(tmp_path_factory):
                                     max_hist=30, num_shards=2, seed=7, b_cate=2.0)
     synthetic.build(path, cfg, log=lambda *a: None)
     return path
+
+
+@contextlib.contextmanager
+def lock_holder(target):
+    """Another live process holding the lock of the directory `target` (`mmctr_tf.locks`), as a second conversion or
+    training would; yields the process. It is SIGKILLed on exit, so its lock file stays behind, stale."""
+    code = ("import sys, time; from mmctr_tf import locks; held = locks.hold(sys.argv[1], 'a test holder'); "
+            "held.__enter__(); print('held', flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

@@ -38,3 +38,10 @@ def test_unknown_hparam_for_model_is_refused():
 
     with pytest.raises(flags.ValidationError, match="--lambda_dec"):
         common.check_hparams("din", {"lambda_dec": 0.5})
+
+
+def test_model_names_without_tensorflow_are_the_registry():
+    """run.common refuses a bad --model before TensorFlow is imported, from its own copy of the registered names."""
+    from mmctr_tf.models import MODELS
+
+    assert common.MODEL_NAMES == tuple(MODELS)

@@ -12,17 +12,20 @@ import gzip
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import lock_holder
 
-from mmctr_tf.data import converters
+from mmctr_tf.data import converters, synthetic
 from mmctr_tf.data.converters import build, generic, text_embed
 from mmctr_tf.data.converters.amazon import parse_record
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
-from mmctr_tf.data.schema import SchemaError, read_manifest
+from mmctr_tf.data.schema import SchemaError, read_manifest, write_manifest
+from mmctr_tf.locks import LockHeld
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -646,6 +649,167 @@ def test_cli_prints_stats(tmp_path):
     assert m["schema"]["seq_len"] == 8 and m["tables"]["text"]["dtype"] == "float16"
     c = read_split(str(out), "train")
     assert c["hist_item_id"].shape[1] == 8 and c["hist_len"].max() <= 8
+
+
+# ------------------------------------------------------------------------------------ hostile use (issue #15)
+def _listing(root):
+    """Every path under root with the bytes of each file: what 'nothing touched' compares."""
+    out = {}
+    for d, _, files in os.walk(root):
+        out[os.path.relpath(d, root)] = None
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, f), root)] = fh.read()
+    return out
+
+
+def test_conversion_never_replaces_a_directory_that_is_not_this_dataset(tmp_path):
+    """Issue #15.1: --out_dir naming a folder with other files, or another dataset, is refused before anything is
+    read or written (the converters and the synthetic generator alike; run.make_data exits 2 with one line). A
+    dataset of the same name, an empty folder and a new path are written."""
+    raw = str(tmp_path / "raw")
+    make_generic(raw)
+    work = tmp_path / "work"
+    (work / "code").mkdir(parents=True)
+    (work / "code" / "notes.txt").write_text("keep me")
+    converters.convert("other", raw, str(work / "other"), log=quiet)
+    before = _listing(work)
+    for target, name, words in [(work, "mine", "exists and is not a converted dataset (no manifest.json; it holds "
+                                 "code, other)"),
+                                (work / "other", "mine", "holds dataset 'other' (source generic:interactions.csv), "
+                                 "not 'mine'")]:
+        with pytest.raises(converters.OutputDirRefused, match=re.escape(f"{target}: {words}")):
+            converters.convert(name, raw, str(target), log=quiet)
+        assert _listing(work) == before
+    with pytest.raises(converters.OutputDirRefused, match=re.escape(f"{work / 'other'}: holds dataset 'other' "
+                                                                    f"(source generic:interactions.csv), not 'other' "
+                                                                    f"from synthetic")):
+        synthetic.build(str(work / "other"), synthetic.SyntheticConfig(num_users=20, num_items=30), log=quiet)
+    assert _listing(work) == before
+    r = subprocess.run([sys.executable, "-m", "run.make_data", "--dataset=mine", f"--raw_dir={raw}",
+                        f"--out_dir={work / 'code'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == (f"make_data: {work / 'code'}: exists and is not a converted dataset (no "
+                                              f"manifest.json; it holds notes.txt); a conversion replaces its output "
+                                              f"directory as a whole, so it writes only into a new or empty "
+                                              f"directory or over a dataset of the same name: choose another "
+                                              f"--out_dir\n"), r.stderr
+    assert _listing(work) == before
+    (work / "empty").mkdir()
+    for name, target in (("other", work / "other"), ("mine", work / "empty"), ("mine", work / "new" / "mine")):
+        assert converters.convert(name, raw, str(target), log=quiet)["name"] == name
+        assert read_manifest(str(target))["name"] == name
+    assert (work / "code" / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(work)) == ["code", "empty", "new", "other"]  # no lock, staging or spill left behind
+
+
+def test_second_conversion_into_one_output_is_refused_and_a_dead_holders_lock_taken_over(tmp_path, monkeypatch):
+    """Issue #15.2: while one conversion holds the output (its lock names its pid), a second one is refused before
+    it reads anything (run.make_data: exit 2, naming the pid); once the holder is dead its stale lock is taken
+    over, and the conversion holds it until its output is in place."""
+    raw = str(tmp_path / "raw")
+    make_generic(raw)
+    out = tmp_path / "data" / "g"
+    lock = os.path.join(tmp_path, "data", ".g.lock")
+    with lock_holder(out) as holder:
+        with pytest.raises(LockHeld, match=re.escape(f"{out} is in use by a test holder (pid {holder.pid} on ")):
+            converters.convert("g", raw, str(out), log=quiet)
+        r = subprocess.run([sys.executable, "-m", "run.make_data", "--dataset=g", f"--raw_dir={raw}",
+                            f"--out_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.startswith(f"make_data: {out} is in use by a test holder (pid "
+                                                         f"{holder.pid} on "), r.stderr
+        assert r.stderr.endswith(f"wait for it to finish (lock {lock})\n") and r.stderr.count("\n") == 1
+        assert os.listdir(tmp_path / "data") == [".g.lock"]
+    seen = []
+    monkeypatch.setattr(build, "_PARTITION_DONE_HOOK", lambda p: seen.append(json.load(open(lock))["pid"]))
+    logs = []
+    m = converters.convert("g", raw, str(out), overrides={"seed": 1}, log=logs.append,
+                           write=converters.WriteConfig(partition_events=40, num_shards=2))
+    assert any(f"took over the lock of a test holder (pid {holder.pid}" in line for line in logs), logs
+    assert len(seen) > 1 and set(seen) == {os.getpid()}
+    assert sorted(os.listdir(tmp_path / "data")) == ["g"] and read_manifest(str(out))["stats"] == m["stats"]
+
+
+def test_hostile_raw_files_get_clear_messages(tmp_path):
+    """Issue #15.9: a UTF-8 byte-order mark before the header is read as such; non-numeric times, a file that is
+    not .npy, complex vectors and NUL bytes in ids are refused or counted with the reason."""
+    raw = tmp_path / "raw"
+    fx = make_generic(str(raw))
+    text = (raw / "interactions.csv").read_text()
+    (raw / "interactions.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8"
+    exp, _, _, kept_users = expected_din(fx["events"])
+    assert converters.convert("bom", str(raw), str(tmp_path / "bom"), log=quiet)["stats"]["users"] == len(kept_users)
+
+    lines = text.splitlines()
+    (raw / "interactions.csv").write_text("\n".join([lines[0]] + [re.sub(r",(\d+)$", r",t\1", x)
+                                                                  for x in lines[1:]]) + "\n")
+    first = lines[1].rsplit(",", 1)[1]
+    with pytest.raises(converters.ConversionError, match=re.escape(
+            f"dataset 'times': the raw files hold no valid interaction (interactions.csv: {len(lines) - 1} malformed "
+            f"line(s), e.g. line 2: time value 't{first}' is not numeric, line 3: ")):
+        converters.convert("times", str(raw), str(tmp_path / "times"), log=quiet)
+
+    (raw / "interactions.csv").write_text(text.replace("u3,", "u\x003,", 2))
+    vectors = np.load(raw / "text_vectors.npy")
+    for content, words in ((b"row,text\n0,1.0\n", "not a .npy file (it does not start with numpy's .npy header); "
+                            "vectors for modality 'text' must be saved with numpy.save"),
+                           (vectors.astype(np.complex64), "vectors for modality 'text' must be a real-valued (integer "
+                            "or float) [items, dim] array, got complex64 (32, 6)")):
+        with open(raw / "text_vectors.npy", "wb") as f:
+            f.write(content) if isinstance(content, bytes) else np.save(f, content)
+        with pytest.raises(SchemaError, match=re.escape(f"{raw / 'text_vectors.npy'}: {words}")):
+            converters.convert("nul", str(raw), str(tmp_path / "nul"), log=quiet)
+    np.save(raw / "text_vectors.npy", vectors)
+    m = converters.convert("nul", str(raw), str(tmp_path / "nul"), log=quiet)
+    nul_lines = [n + 1 for n, x in enumerate(text.replace("u3,", "u\x003,", 2).splitlines()) if "\x00" in x]
+    assert m["stats"]["malformed_lines"]["interactions.csv"] == 3 + 2 and len(nul_lines) == 2
+    assert f"line {nul_lines[0]}: user or item id contains a NUL byte" in json.dumps(m["stats"])
+    assert "\x00" not in (tmp_path / "nul" / "user_map.tsv").read_text()
+
+
+def test_ctrl_c_during_conversion_says_what_was_kept(tmp_path):
+    """Issue #15.12: Ctrl-C (SIGINT) while a restartable conversion writes its partitions: exit code 130 and one
+    line naming what was kept and how to resume, no traceback; the same command then resumes."""
+    raw = str(tmp_path / "raw")
+    make_generic(raw)
+    out = tmp_path / "g"
+    argv = ["run.make_data", "--dataset=g", f"--raw_dir={raw}", f"--out_dir={out}", "--partition_events=40"]
+    code = ("import runpy, sys, time; from mmctr_tf.data.converters import build; "
+            "build._PARTITION_DONE_HOOK = lambda p: (print('partition', p, flush=True), time.sleep(60)); "
+            f"sys.argv = {argv!r}; runpy.run_module('run.make_data', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        while "partition 0" not in proc.stdout.readline():
+            assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    partial = tmp_path / ".g.partial"
+    assert proc.returncode == 130 and stderr == (f"make_data: interrupted; 1 finished partition(s) kept in {partial}; "
+                                                 f"run the same command again to resume (--noresume starts over)\n")
+    assert sorted(os.listdir(tmp_path)) == [".g.partial", "raw"]
+    logs = []  # the same conversion as run.make_data's defaults with --partition_events=40
+    converters.convert("g", raw, str(out), overrides={"seed": 0}, log=logs.append,
+                       write=converters.WriteConfig(num_shards=4, compression="GZIP", partition_events=40, resume=True))
+    assert any("resuming: 1 of " in line for line in logs), logs
+    assert sorted(os.listdir(tmp_path)) == ["g", "raw"]
+
+
+def test_manifest_vocabulary_is_checked_against_the_written_ids(tmp_path):
+    """Issue #15.10 (conversion side): each split records the largest id written per field, and a manifest whose
+    vocabulary does not cover them is not written (nor read, see test_fuzz)."""
+    raw = str(tmp_path / "raw")
+    make_generic(raw)
+    out = str(tmp_path / "g")
+    m = converters.convert("g", raw, out, log=quiet)
+    cols = read_split(out, "train")
+    assert m["splits"]["train"]["max_id"] == {k: int(v.max()) for k, v in cols.items() if k.endswith("_id")}
+    top = m["splits"]["train"]["max_id"]["item_id"]
+    m["schema"]["vocab"]["item_id"] = top  # ids 0..top-1
+    with pytest.raises(SchemaError, match=re.escape(f"{out}/manifest.json: split 'train' holds item_id ids up to "
+                                                    f"{top}, but the vocabulary of 'item_id' has {top} rows")):
+        write_manifest(out, m)
 
 
 # --------------------------------------------------------------------------------------------------- shared data

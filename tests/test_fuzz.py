@@ -14,6 +14,9 @@ Measured over the 300 seeded cases of `test_example_signature_fuzz`: 33 scored, 
 tf.Example, 45 naming the feature, 15 history lengths, 3 "Unsupported datatype."), 75 UnicodeDecodeError.
 """
 
+import json
+import os
+import re
 import shutil
 
 import numpy as np
@@ -21,7 +24,7 @@ import pytest
 import tensorflow as tf
 
 from mmctr_tf.data.datasets import Dataset
-from mmctr_tf.data.schema import Schema
+from mmctr_tf.data.schema import Schema, SchemaError
 from mmctr_tf.data.tfrecord import ShardedWriter, find_bad_shard, make_dataset
 from mmctr_tf.export import saved_model as sm
 from mmctr_tf.models import build_model
@@ -343,3 +346,59 @@ def test_dataset_split_with_a_damaged_shard(small_dataset, tmp_path):
     msg = find_bad_shard(data.files("train") + data.files("valid"), data.schema, data.compression)
     assert msg is not None and msg.startswith(shard + ": "), msg
     assert sum(int(y.shape[0]) for _, y in data.tf_dataset("test", 512)) == data.examples("test")
+
+
+# ------------------------------------------------------------------------------------------- hostile use (issue #15)
+def test_named_signature_names_a_feature_of_the_wrong_rank(din):
+    """Issue #15.11: a [B, 1] id or hist_len, or a [B] or [B, 1, W] history, fails naming the feature and its expected
+    shape (the signature declared [B] but did not enforce it: a [B, 1] user_id failed in a ConcatOp deep in DIN)."""
+    _, named = din
+    good = {"user_id": [3, 4], "item_id": [7, 8], "cate_id": [2, 2], "hist_item_id": [[5, 9, 11], [1, 0, 0]],
+            "hist_cate_id": [[1, 2, 2], [3, 0, 0]], "hist_len": [3, 1]}
+
+    def call(**req):
+        return named(**{k: tf.constant(v, tf.int64) for k, v in req.items()})["probability"].numpy()
+
+    expected = call(**good)
+    for name, value, shape in [("user_id", [[3], [4]], "[2,1]"), ("item_id", [[7], [8]], "[2,1]"),
+                               ("hist_len", [[3], [1]], "[2,1]"), ("hist_item_id", [5, 1], "[2]"),
+                               ("hist_cate_id", [[[1, 2, 2]], [[3, 0, 0]]], "[2,1,3]")]:
+        rank = "[?,?]" if name.startswith("hist_") and name != "hist_len" else "[?]"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+                f"Shape of tensor {name} {shape} is not compatible with expected shape {rank}")):
+            call(**{**good, name: value})
+        np.testing.assert_array_equal(call(**good), expected)  # still serving
+
+
+def test_ids_beyond_the_manifest_vocabulary_are_refused_at_read(small_dataset, tmp_path):
+    """Issue #15.10 (read side): a manifest whose vocabulary is smaller than the ids in its shards. With the largest
+    ids recorded (converters write them), opening the dataset fails naming split and field; without them (older
+    manifests), reading fails, and find_bad_shard names the shard, the record and the id."""
+    root = str(tmp_path / "copy")
+    shutil.copytree(small_dataset, root)
+    path = os.path.join(root, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    top = manifest["splits"]["valid"]["max_id"]["item_id"]
+    assert top == max(int(feats["item_id"].numpy().max()) for feats, _ in Dataset(small_dataset).tf_dataset("valid",
+                                                                                                               4096))
+    manifest["schema"]["vocab"]["item_id"] = top  # ids 0..top-1: the largest valid id is now out of vocabulary
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(SchemaError, match=re.escape(path) + r": split '\w+' holds (hist_)?item_id ids up to \d+, but "
+                       r"the vocabulary of 'item_id' has " + str(top) + " rows"):
+        Dataset(root)
+    for entry in manifest["splits"].values():
+        del entry["max_id"]
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    data = Dataset(root)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape("reader: ") + "(hist_)?" + re.escape(
+            f"item_id holds ids outside the vocabulary of the manifest (0..{top - 1})")):
+        for _ in data.tf_dataset("valid", 512):
+            pass
+    msg = find_bad_shard(data.files("valid"), data.schema, data.compression)
+    got = re.fullmatch("(" + "|".join(map(re.escape, data.files("valid"))) + r"): record \d+: (hist_)?item_id (\d+) "
+                       + re.escape(f"is outside the manifest's vocabulary (0..{top - 1}): the manifest does not "
+                                   f"describe this shard"), msg)
+    assert got and int(got.group(3)) >= top, msg

@@ -3,28 +3,34 @@ uninterrupted run; a backup left half-written by a kill falls back to the previo
 writes leaves the previous version intact and does not disturb the next export; a non-finite loss stops training
 at its step without checkpointing the bad weights."""
 
+import functools
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import h5py
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl.testing import flagsaver
 
+from mmctr_tf import locks
 from mmctr_tf.data.datasets import Dataset
+from mmctr_tf.data.schema import SchemaError
 from mmctr_tf.export import saved_model as sm
 from mmctr_tf.training import callbacks as cb
 from mmctr_tf.training.trainer import load_run, train
 from run import common
 
-from conftest import REPO
+from conftest import REPO, lock_holder
 from test_training import _Kill, _SeenEpochs
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -224,3 +230,237 @@ def test_nonfinite_loss_stops_at_its_step_without_checkpointing(small_dataset, t
     seen = _SeenEpochs()
     result = train(cfg, hp, log=lambda *a: None, extra_callbacks=[seen])
     assert seen.seen == [2] and np.isfinite(result["test"]["auc"])
+
+
+# ------------------------------------------------------------------------------------------- hostile use (issue #15)
+# A small fast model for the trainer's behaviour (DIN only where its NaN failure mode matters)
+LR = ["--model=lr", "--batch_size=128", "--learning_rate=0.01", "--verbose=0"]
+
+
+def _main(argv, capsys):
+    """`python -m run.train <argv>` in this process (flags parsed as the command does): (exit code, stderr)."""
+    from run import train as run_train
+
+    with flagsaver.flagsaver():
+        common.FLAGS.unparse_flags()
+        common.FLAGS(common.with_config_files(["run.train", *argv]))
+        capsys.readouterr()
+        rc = run_train.main([])
+    return rc, capsys.readouterr().err
+
+
+class _LockSeen(keras.callbacks.Callback):
+    """Records the run directory's lock file as it is while training runs."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.path, self.holder = locks.lock_path(run_dir), None
+
+    def on_train_begin(self, logs=None):
+        with open(self.path) as f:
+            self.holder = json.load(f)
+
+
+def test_locked_run_dir_and_unreadable_test_shard(small_dataset, tmp_path, capsys, monkeypatch):
+    """Issue #15.3 and #15.6, as a user meets them. (1) Another process holds the run directory: run.train is refused
+    with the holder's pid before it writes anything. (2) The holder is dead (SIGKILLed, its lock left behind): the
+    run takes the stale lock over and holds it while it trains. (3) A test shard is damaged: training finishes,
+    run.train fails naming the shard, metrics.json keeps the best epoch and the validation metrics with the test
+    split's error, and the lock is released. (4) With the shard repaired the same command evaluates again, without
+    training."""
+    from mmctr_tf.training import trainer
+
+    data_dir, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(small_dataset, data_dir)
+    shard = Dataset(str(data_dir)).files("test")[1]
+    good = open(shard, "rb").read()
+    with open(shard, "wb") as f:
+        f.write(good[: len(good) // 2])
+    argv = [*LR, f"--dataset={data_dir}", f"--run_dir={run}", "--epochs=1", "--steps_per_epoch=2"]
+    lock = locks.lock_path(str(run))
+    with lock_holder(run) as holder:
+        rc, err = _main(argv, capsys)
+        since = json.load(open(lock))["since"]
+        assert (rc, err) == (2, f"run.train: {run} is in use by a test holder (pid {holder.pid} on "
+                                f"{socket.gethostname()}, since {since}); wait for it to finish (lock {lock})\n")
+        assert not run.exists()
+    assert json.load(open(lock))["pid"] == holder.pid  # SIGKILLed: its lock stayed behind
+    seen = _LockSeen(str(run))
+    monkeypatch.setattr(trainer, "train", functools.partial(trainer.train, extra_callbacks=[seen]))
+    rc, err = _main(argv, capsys)
+    assert rc == 2 and err.startswith(f"run.train: test data is unreadable: {shard}: "), err
+    assert err.endswith(". Training finished (best epoch 1); metrics.json keeps what was evaluated, with the error of "
+                        "test: fix the data and run the same command again to evaluate\n"), err
+    assert seen.holder["pid"] == os.getpid() and seen.holder["what"] == f"run.train of lr on {data_dir}"
+    assert not os.path.exists(lock)
+    with open(run / "metrics.json") as f:
+        m = json.load(f)
+    assert m["best_epoch"] == 1 and 0 < m["valid"]["auc"] < 1
+    assert m["test"] == {"error": err[len("run.train: "):err.index(". Training finished")]}
+    with open(shard, "wb") as f:
+        f.write(good)
+    rc, err = _main(argv, capsys)
+    assert rc == 0, err
+    with open(run / "metrics.json") as f:
+        again = json.load(f)
+    assert again["valid"] == m["valid"] and 0 < again["test"]["auc"] < 1 and len(cb.read_epochs(str(run))) == 1
+
+
+def test_nonfinite_validation_predictions_never_become_the_best(small_dataset, tmp_path, capsys):
+    """Issue #15.4: one step at learning rate 1e30 gives a finite training loss but weights whose predictions are
+    NaN (was: exit 0, val_auc 0.0 kept as the best epoch). The run stops at the end of that epoch with an error,
+    before any checkpoint: no best weights, backup or metrics."""
+    run = tmp_path / "run"
+    rc, err = _main(["--model=din", "--batch_size=128", "--emb_dim=4", "--dnn_units=8", "--att_units=4", "--verbose=0",
+                     f"--dataset={small_dataset}", f"--run_dir={run}", "--epochs=1", "--steps_per_epoch=1",
+                     "--learning_rate=1e30"], capsys)
+    assert rc == 2 and err.startswith("run.train: non-finite validation loss (nan) at the end of epoch 1: the "
+                                      "model's predictions are not finite, so training stopped before this epoch was "
+                                      "checkpointed"), err
+    assert sorted(os.listdir(run)) == ["config.json", "tensorboard"]
+
+
+def test_ctrl_c_then_resume_with_changed_flags_through_a_torn_epoch_line(small_dataset, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Issues #15.12, #15.7 and #15.5, one interrupted run. (1) Ctrl-C after epoch 1 of 2: exit code 130 and one
+    line saying what was kept and how to resume. (2) Its epochs.jsonl ends in a line torn by the kill. (3) Resumed
+    with another batch size and learning rate (and more epochs, which is allowed): refused, naming both flags with
+    their old and new values; nothing changes. (4) With --allow_changed_flags it resumes from epoch 2 (the torn line
+    dropped); config.json keeps the flags the run started with and the change, each later epoch's line the flags in
+    force."""
+    from mmctr_tf.training import trainer
+
+    run = tmp_path / "run"
+    argv = [*LR, f"--dataset={small_dataset}", f"--run_dir={run}", "--steps_per_epoch=2", "--epochs=2"]
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "train", functools.partial(trainer.train, extra_callbacks=[_Kill(1)]))
+        rc, err = _main(argv, capsys)
+    assert (rc, err) == (130, f"run.train: interrupted; epoch 1 of 2 kept in {run}; run the same command again to "
+                              f"resume from epoch 2\n")
+    with open(run / cb.EPOCHS_LOG, "a") as f:
+        f.write('{"epoch": 2, "loss": 0.6')  # no newline: the line being written when the process was killed
+    config = (run / "config.json").read_bytes()
+    changed = [*argv, "--epochs=3", "--batch_size=64", "--learning_rate=0.02"]
+    rc, err = _main(changed, capsys)
+    assert rc == 2 and (f"run.train: {run / 'config.json'}: this run was started with other training flags: "
+                        "--batch_size 128 -> 64, --learning_rate 0.01 -> 0.02; resume with the same flags (--epochs "
+                        "and --patience may grow, to extend a run)") in err, err
+    assert (run / "config.json").read_bytes() == config
+    assert [r["epoch"] for r in cb.read_epochs(str(run))] == [1]
+    rc, err = _main([*changed, "--allow_changed_flags"], capsys)
+    assert rc == 0, err
+    rows = cb.read_epochs(str(run))
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and "flags" not in rows[0]
+    assert rows[1]["flags"] == rows[2]["flags"] == {"batch_size": 64, "learning_rate": 0.02}
+    with open(run / "config.json") as f:
+        record = json.load(f)
+    assert [record["train"][k] for k in ("batch_size", "learning_rate", "epochs")] == [128, 0.01, 3]
+    assert record["flag_changes"] == [{"batch_size": 64, "learning_rate": 0.02}]
+
+
+def test_epoch_log_drops_a_torn_last_line_and_names_a_bad_one(tmp_path):
+    """Issue #15.7: what a resume reads and rewrites. A last line without its newline that does not parse (torn by
+    a kill) is dropped, and EpochLog's resume rewrites the file without it before appending; a bad line elsewhere is
+    an error naming the file and the line (was: 'Unterminated string ... (char 26)')."""
+    log = tmp_path / cb.EPOCHS_LOG
+    log.write_text('{"epoch": 1, "loss": 0.7}\n{"epoch": 2, "lo')
+    assert cb.read_epochs(str(tmp_path)) == [{"epoch": 1, "loss": 0.7}]
+    epoch_log = cb.EpochLog(str(tmp_path))
+    epoch_log.on_epoch_begin(1)
+    epoch_log.on_epoch_end(1, {"loss": 0.5})
+    assert log.read_text() == '{"epoch": 1, "loss": 0.7}\n{"epoch": 2, "loss": 0.5}\n'
+    log.write_text('{"epoch": 1, "loss": 0.7\n{"epoch": 2, "loss": 0.5}\n')
+    with pytest.raises(SchemaError, match=re.escape(f"{log}: line 1 is not valid JSON (")):
+        cb.read_epochs(str(tmp_path))
+
+
+def test_dataset_replaced_under_a_run_is_named(small_dataset, tmp_path):
+    """Issue #15.6: the dataset is re-converted while a run uses it (was: FailedPreconditionError at the final
+    evaluation). The evaluation does not score the model on data whose ids may now mean other items: each split
+    gets the error that the dataset was replaced."""
+    from mmctr_tf.models import build_model
+    from mmctr_tf.training.trainer import evaluate_or_error, unreadable
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_dataset, data_dir)
+    data = Dataset(str(data_dir))
+    model = build_model("lr", data.schema)
+    assert 0 < evaluate_or_error(model, data, "test", 4096)["auc"] < 1 and unreadable(data, ["test"]) is None
+    shutil.copytree(small_dataset, tmp_path / "new")  # run.make_data swaps a new directory into place
+    with open(tmp_path / "new" / "manifest.json") as f:
+        manifest = json.load(f)
+    manifest["stats"]["seconds"] = -1.0
+    with open(tmp_path / "new" / "manifest.json", "w") as f:
+        json.dump(manifest, f)
+    shutil.rmtree(data_dir)
+    os.replace(tmp_path / "new", data_dir)
+    why = (f"{data_dir}: the dataset was replaced while this run used it (its manifest.json changed since the run "
+           f"started)")
+    assert evaluate_or_error(model, data, "test", 4096) == {"error": why} and unreadable(data, ["valid"]) == why
+    assert not Dataset(str(data_dir)).replaced()
+
+
+def test_flags_are_validated_before_tensorflow_and_before_any_file(tmp_path):
+    """Issue #15.8 (and #19): bad flags of every command are refused with exit code 2 and one line naming the flag,
+    before TensorFlow is imported and before anything is written (was: --batch_size=0 a TF traceback with config.json
+    left behind, --epochs=0 exit 0 with an untrained model recorded as finished)."""
+    run = tmp_path / "run"
+    cases = [("train", f"--run_dir={run} --batch_size=0", "--batch_size=0: must be >= 1"),
+             ("train", f"--run_dir={run} --epochs=0", "--epochs=0: must be >= 1"),
+             ("train", f"--run_dir={run} --learning_rate=nan", "--learning_rate=nan: must be a finite number > 0"),
+             ("train", f"--run_dir={run} --learning_rate=-0.1", "--learning_rate=-0.1: must be a finite number > 0"),
+             ("train", f"--run_dir={run} --lr_decay=1.5", "--lr_decay=1.5: must be in (0, 1]"),
+             ("train", f"--run_dir={run} --steps_per_epoch=0", "--steps_per_epoch=0: must be >= 1"),
+             ("train", f"--run_dir={run} --model=dinn", "--model=dinn: must be one of din, mm_concat"),
+             ("compare", f"--out_dir={run} --seeds=0", "--seeds=0: must be >= 1"),
+             ("compare", f"--out_dir={run} --models=din,dmea", "--models=din,dmea: must be a list of din"),
+             ("compare", f"--out_dir={run} --learning_rates=0.1,inf", "--learning_rates=0.1,inf: must be a list"),
+             ("bench", "--bench_steps=0", "--bench_steps=0: must be >= 1"),
+             ("bench", "--latency_batches=1,0", "--latency_batches=1,0: must be a list of integers >= 1"),
+             ("evaluate", f"--run_dir={run} --split=tset", "--split=tset: must be train, valid or test"),
+             ("export", f"--run_dir={run} --export_dir={run} --version=0", "--version=0: must be >= 1")]
+    code = """if 1:
+        import contextlib, io, json, sys
+        from run import bench, common, compare, evaluate, export, train
+        parse = {"train": common.parse_with_configs, "compare": common.parse_for_several_models,
+                 "bench": common.parse_for_several_models, "evaluate": common.FLAGS, "export": common.FLAGS}
+        for line in sys.stdin:
+            cmd, args = json.loads(line)
+            common.FLAGS.unparse_flags()
+            parse[cmd](["run." + cmd, *args.split()])
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = globals()[cmd].main([])
+            print(json.dumps([rc, err.getvalue(), "tensorflow" in sys.modules]), flush=True)
+    """
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120,
+                       input="".join(json.dumps([c, a]) + "\n" for c, a, _ in cases))
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == len(cases) and not run.exists()
+    for (cmd, args, message), line in zip(cases, r.stdout.splitlines()):
+        rc, err, tf_imported = json.loads(line)
+        assert rc == 2 and err.startswith(f"run.{cmd}: {message}") and err.count("\n") == 1, (cmd, args, rc, err)
+        assert not tf_imported, (cmd, args)
+
+
+def test_evaluating_a_run_on_another_dataset_warns_and_names_both(small_dataset, tmp_path):
+    """Issue #15.10: run.evaluate of a run on a dataset other than its own (was: scored silently, and
+    eval_<split>.json did not name the dataset) warns, naming both, and records both."""
+    from mmctr_tf.models import build_model
+    from run.evaluate import evaluate_run
+
+    data = Dataset(small_dataset)
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    model = build_model("lr", data.schema)
+    model.save_weights(str(run / cb.BEST_WEIGHTS))
+    with open(run / "config.json", "w") as f:
+        json.dump({"train": {"model": "lr", "dataset": small_dataset, "data_dir": "tfrecords"}, "hparams": {},
+                   "schema": data.schema.to_dict(), "data_path": small_dataset}, f)
+    warnings = []
+    own = evaluate_run(str(run), "test", warn=warnings.append)
+    assert warnings == [] and own["dataset"] == "small" and own["data_path"] == small_dataset
+    shutil.copytree(small_dataset, other)
+    res = evaluate_run(str(run), "test", str(other), warn=warnings.append)
+    assert warnings == [f"run.evaluate: warning: {run} was trained on {small_dataset}; evaluating it on {other}"]
+    assert res["data_path"] == str(other) and res["trained_on"] == small_dataset and res["auc"] == own["auc"]

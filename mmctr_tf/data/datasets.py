@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Optional, Tuple
 
@@ -9,6 +10,7 @@ from mmctr_tf.data import schema as schema_lib
 from mmctr_tf.data import tables as tables_lib
 from mmctr_tf.data.schema import SchemaError
 from mmctr_tf.data.tfrecord import make_dataset
+
 
 def dataset_dir(dataset: str, data_dir: str = "tfrecords") -> str:
     """A name resolves to `<data_dir>/<name>`; anything containing a path separator is used as a path."""
@@ -38,11 +40,24 @@ class Dataset:
 
     def __init__(self, path: str, mmap_tables: bool = False):
         self.path = path
+        self._stamp = self._manifest_stamp()  # before reading it: a replacement in between is seen as one
         self.manifest = schema_lib.read_manifest(path)
         self.schema: schema_lib.Schema = self.manifest["schema_obj"]
         self.compression = self.manifest.get("compression") or None
         self._tables = None
         self._mmap = mmap_tables
+
+    def _manifest_stamp(self) -> Optional[str]:
+        try:
+            with open(os.path.join(self.path, schema_lib.MANIFEST), "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            return None
+
+    def replaced(self) -> bool:
+        """Whether the dataset on disk is no longer the one this object opened (its manifest changed or is gone:
+        re-converted or replaced), so its shards and ids may not be the ones the manifest read here describes."""
+        return self._manifest_stamp() != self._stamp
 
     @property
     def tables(self):

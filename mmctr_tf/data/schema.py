@@ -148,6 +148,28 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_jsonl(path: str) -> List[dict]:
+    """The rows of a JSON-lines file written by appending (`epochs.jsonl`); [] when it does not exist.
+
+    A final line without its newline that does not parse is the row a killed process was writing: it is dropped.
+    Any other line that does not parse is an error naming the file and the line."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            if n == len(lines):  # no newline after it: torn by a kill while it was written
+                break
+            raise SchemaError(f"{path}: line {n} is not valid JSON ({e})") from None
+    return rows
+
+
 def read_manifest(data_dir: str) -> dict:
     """Reads `<data_dir>/manifest.json`, checking the parts every consumer relies on."""
     path = os.path.join(data_dir, MANIFEST)
@@ -162,7 +184,22 @@ def read_manifest(data_dir: str) -> dict:
         if key not in manifest:
             raise SchemaError(f"{path}: manifest has no field '{key}'")
     manifest["schema_obj"] = Schema.from_dict(manifest["schema"], source=path)
+    check_max_ids(manifest, path)
     return manifest
+
+
+def check_max_ids(manifest: dict, source: str) -> None:
+    """Raises SchemaError when a split's recorded largest id (`max_id`, written by the converters) is not inside
+    the manifest's vocabulary: the manifest does not describe its shards, whose ids a model would read as
+    out-of-vocabulary."""
+    vocab = manifest["schema"]["vocab"]
+    for split, entry in manifest["splits"].items():
+        for field, top in (entry.get("max_id") or {}).items():
+            base = field[5:] if field.startswith("hist_") else field
+            if base in vocab and top >= vocab[base]:
+                raise SchemaError(f"{source}: split '{split}' holds {field} ids up to {top}, but the vocabulary of "
+                                  f"'{base}' has {vocab[base]} rows (ids 0..{vocab[base] - 1}): the manifest does not "
+                                  f"describe its shards (convert the dataset again)")
 
 
 def schema_of(data_dir: str) -> Schema:
@@ -171,4 +208,5 @@ def schema_of(data_dir: str) -> Schema:
 
 def write_manifest(data_dir: str, manifest: dict) -> None:
     manifest = {k: v for k, v in manifest.items() if k != "schema_obj"}
+    check_max_ids(manifest, os.path.join(data_dir, MANIFEST))
     write_json_atomic(os.path.join(data_dir, MANIFEST), manifest)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from typing import Dict
 
@@ -275,8 +274,18 @@ def generate_chunks(cfg: SyntheticConfig):
 def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
     """Generates the dataset into `out_dir` (atomically: a temp dir renamed at the end) and returns the manifest.
 
+    `out_dir` is claimed first (`converters.output.atomic_output_dir`): another conversion writing it is refused
+    with its pid, and an existing `out_dir` is replaced only when it is a synthetic dataset of the same name
+    (`OutputDirRefused` otherwise, before anything is generated).
     With `cfg.chunk_users > 0` users are generated and written chunk by chunk (`generate_chunks`): memory holds
     the world, one chunk's examples and each split's labels + true probabilities (for the Bayes AUC)."""
+    from mmctr_tf.data.converters.output import atomic_output_dir
+
+    with atomic_output_dir(out_dir, os.path.basename(out_dir.rstrip("/")), source="synthetic", log=log) as tmp:
+        return _build_into(tmp, out_dir, cfg, log)
+
+
+def _build_into(tmp: str, out_dir: str, cfg: SyntheticConfig, log) -> dict:
     t0 = time.time()
     chunked = cfg.chunk_users > 0
     if chunked:
@@ -284,9 +293,6 @@ def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
     else:
         schema, splits, vectors, present, _ = generate(cfg)
         chunks = iter([splits])
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     manifest = {"name": os.path.basename(out_dir.rstrip("/")), "source": "synthetic",
                 "generator": dataclasses.asdict(cfg), "schema": schema.to_dict(),
                 "compression": cfg.compression or "", "splits": {}, "tables": {}}
@@ -313,7 +319,6 @@ def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
     except BaseException:
         for w in writers.values():
             w.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     for split in SPLITS:
         entry = writers[split].summary()
@@ -331,6 +336,4 @@ def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
     manifest["stats"] = {"users": cfg.num_users, "items": cfg.num_items, "categories": cfg.num_cates,
                          "seconds": round(time.time() - t0, 2)}
     write_manifest(tmp, manifest)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
     return manifest

@@ -144,6 +144,7 @@ class ShardedWriter:
         self.count = 0
         self.positives = 0
         self.oov: Dict[str, int] = {}
+        self.max_id: Dict[str, int] = {}
         self._closed = False
 
     def write(self, columns: Dict[str, np.ndarray]) -> None:
@@ -173,6 +174,8 @@ class ShardedWriter:
                 if nbad:
                     self.oov[name] = self.oov.get(name, 0) + nbad
                     arr = np.where(bad, 0, arr)
+                if n:
+                    self.max_id[name] = max(self.max_id.get(name, 0), int(arr.max()))
             if name == "hist_len":
                 arr = np.clip(arr, 0, schema.seq_len)
             cols[name] = arr
@@ -212,8 +215,10 @@ class ShardedWriter:
             self.abort()
 
     def summary(self) -> dict:
+        """The split's manifest entry; `max_id` (the largest id written per field) lets readers check that the
+        manifest's vocabulary covers the shards (`schema.check_max_ids`)."""
         return {"files": [os.path.basename(p) for p in self.paths], "examples": self.count,
-                "positives": self.positives, "oov": dict(self.oov)}
+                "positives": self.positives, "oov": dict(self.oov), "max_id": dict(self.max_id)}
 
 
 def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compression: Optional[str] = None,
@@ -268,6 +273,14 @@ def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compr
 
     def parse(serialized):
         feats = tf.io.parse_example(serialized, spec)
+        # ids outside the manifest's vocabulary mean the manifest does not describe these shards (the writer maps
+        # unknown ids to 0); the model would silently read them as out-of-vocabulary
+        checks = [tf.debugging.assert_equal(
+            tf.reduce_all((feats[n] >= 0) & (feats[n] < schema.vocab_of(n))), True,
+            message=f"reader: {n} holds ids outside the vocabulary of the manifest (0..{schema.vocab_of(n) - 1})")
+            for n in schema.id_features]
+        with tf.control_dependencies(checks):
+            feats = {k: tf.identity(v) for k, v in feats.items()}
         if with_label:
             label = feats.pop("label")
             return feats, label
@@ -281,7 +294,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _RECORD_OVERHEAD = 16  # TFRecord framing per record: uint64 length, masked crc32c of it, masked crc32c of the data
 
 
-def _tf_error_text(e) -> str:
+def tf_error_text(e) -> str:
     """First line of a TF error without the '{{function_node ...}}' prefix and '[Op:...]' suffix TF adds."""
     lines = getattr(e, "message", str(e)).strip().splitlines()
     msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", lines[0] if lines else "")
@@ -319,11 +332,12 @@ def _first_non_example(records) -> int:
 def find_bad_shard(files: Iterable[str], schema: Schema, compression: Optional[str] = None) -> Optional[str]:
     """Reads each shard on its own and returns 'file: reason' for the first that is corrupt or off-schema.
 
-    Parse errors name the record ('record N', counted from 0 in the file) and the field. A record that is not a
-    serialized tf.Example at all is named by its index (TF's own error would carry its raw bytes, which Python
-    cannot decode). An uncompressed shard whose last record is cut off is reported as truncated: TF's reader
-    treats a partial record at the end of a file as the end of the data and drops it silently, so the bytes its
-    records span are compared with the file size. A GZIP file read uncompressed (or the reverse) gets a hint.
+    Parse errors name the record ('record N', counted from 0 in the file) and the field; so do ids outside the
+    schema's vocabulary (the manifest does not describe the shard). A record that is not a serialized tf.Example at
+    all is named by its index (TF's own error would carry its raw bytes, which Python cannot decode). An
+    uncompressed shard whose last record is cut off is reported as truncated: TF's reader treats a partial record at
+    the end of a file as the end of the data and drops it silently, so the bytes its records span are compared with
+    the file size. A GZIP file read uncompressed (or the reverse) gets a hint.
     """
     import tensorflow as tf
 
@@ -336,17 +350,25 @@ def find_bad_shard(files: Iterable[str], schema: Schema, compression: Optional[s
                 n = int(batch.shape[0])
                 names = tf.strings.join(["record ", tf.strings.as_string(tf.range(n_records, n_records + n))])
                 try:
-                    tf.io.parse_example(batch, spec, example_names=names)
+                    feats = tf.io.parse_example(batch, spec, example_names=names)
                 except (UnicodeDecodeError, tf.errors.InvalidArgumentError) as e:
                     if isinstance(e, UnicodeDecodeError) or "Could not parse example input" in str(e):
                         i = _first_non_example(batch)
                         where = f"record {n_records + i}" if i >= 0 else f"a record among records {n_records}.."
                         return f"{f}: {where} is not a serialized tf.Example"
                     raise
+                for name in schema.id_features:
+                    x = feats[name].numpy().reshape(n, -1)
+                    size = schema.vocab_of(name)
+                    bad = np.flatnonzero(((x < 0) | (x >= size)).any(1))
+                    if len(bad):
+                        v = x[bad[0]][(x[bad[0]] < 0) | (x[bad[0]] >= size)][0]
+                        return (f"{f}: record {n_records + int(bad[0])}: {name} {v} is outside the manifest's "
+                                f"vocabulary (0..{size - 1}): the manifest does not describe this shard")
                 n_records += n
                 n_bytes += int(tf.reduce_sum(tf.strings.length(batch, unit="BYTE"))) + _RECORD_OVERHEAD * n
         except (tf.errors.OpError, ValueError) as e:
-            return f"{f}: {_tf_error_text(e)}{_compression_hint(f, compression)}"
+            return f"{f}: {tf_error_text(e)}{_compression_hint(f, compression)}"
         if not compression:
             size = tf.io.gfile.stat(f).length
             if n_bytes != size:

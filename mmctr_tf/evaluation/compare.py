@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mmctr_tf.data.schema import read_jsonl
 from mmctr_tf.evaluation.metrics import rela_impr
 
 METRICS = "metrics.json"
@@ -107,19 +108,19 @@ def check_run_dir(cfg, hparams: dict) -> None:
 
 
 def read_run(spec: RunSpec) -> dict:
-    """A run record for aggregation: the spec, status ("ok" when metrics.json exists, else "missing"), metrics and
-    the per-epoch log."""
+    """A run record for aggregation: the spec, status ("ok" when metrics.json exists, "failed" when it records a
+    split the final evaluation could not read, else "missing"), metrics and the per-epoch log."""
     rec = {"model": spec.model, "seed": spec.seed, "learning_rate": spec.learning_rate, "run_dir": spec.run_dir,
            "status": "missing", "metrics": None, "epochs": []}
     path = os.path.join(spec.run_dir, METRICS)
     if os.path.exists(path):
         with open(path) as f:
             rec["metrics"] = json.load(f)
-        rec["status"] = "ok"
-    log = os.path.join(spec.run_dir, EPOCHS_LOG)
-    if os.path.exists(log):
-        with open(log) as f:
-            rec["epochs"] = [json.loads(line) for line in f if line.strip()]
+        errors = [f"{k}: {v['error']}" for k, v in rec["metrics"].items() if isinstance(v, dict) and "error" in v]
+        rec["status"] = "failed" if errors else "ok"  # a split the final evaluation could not read
+        if errors:
+            rec["error"] = "; ".join(errors)
+    rec["epochs"] = read_jsonl(os.path.join(spec.run_dir, EPOCHS_LOG))
     return rec
 
 
@@ -145,7 +146,7 @@ def run_sweep(specs: Sequence[RunSpec], base_cfg, hparams_of: Dict[str, dict], t
     for cfg, spec in zip(cfgs, specs):  # refuse mismatched run dirs before training anything
         check_run_dir(cfg, hparams_of.get(spec.model, {}))
     n = len(specs)
-    pending = {s.run_dir for s in specs if not os.path.exists(os.path.join(s.run_dir, METRICS))}
+    pending = {s.run_dir for s in specs if read_run(s)["status"] != "ok"}
     log(f"[compare] {n} runs, {n - len(pending)} finished already, {len(pending)} to train")
     t0 = time.perf_counter()
     durations: List[float] = []

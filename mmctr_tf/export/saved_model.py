@@ -46,9 +46,20 @@ EXAMPLE_SIGNATURE = "serving_tf_example"
 
 
 def named_input_signature(schema: Schema) -> Dict[str, tf.TensorSpec]:
-    spec = {n: tf.TensorSpec([None], tf.int64, name=n) for n in ["user_id"] + schema.item_features + ["hist_len"]}
-    spec.update({n: tf.TensorSpec([None, None], tf.int64, name=n) for n in schema.hist_features})
-    return spec
+    """Int64 inputs of unknown shape: a SavedModel signature does not enforce the shapes it declares, and with a
+    declared [None] graph optimisation drops any in-graph check of the rank (e.g. a [B, 1] `user_id` then failed
+    deep in the model, in a ConcatOp naming no input); `check_named_inputs` checks them when a request runs."""
+    return {n: tf.TensorSpec(None, tf.int64, name=n) for n in schema.model_inputs}
+
+
+def check_named_inputs(inputs: Dict[str, tf.Tensor], schema: Schema) -> Dict[str, tf.Tensor]:
+    """The named inputs with their ranks checked when the request runs and set statically: [batch] for the user and
+    target ids and hist_len, [batch, history length] for histories. A wrong rank fails with TF's
+    InvalidArgumentError 'Shape of tensor <feature> [...] is not compatible with expected shape [?]' (or [?,?]).
+    (EnsureShape, not an assertion: graph optimisation computes the history width from the input itself, ahead of
+    an assertion that only a control dependency orders before it.)"""
+    return {name: tf.ensure_shape(inputs[name], [None] * (2 if name in schema.hist_features else 1))
+            for name in schema.model_inputs}
 
 
 def parse_serving_examples(serialized, schema: Schema) -> Dict[str, tf.Tensor]:
@@ -131,7 +142,7 @@ def export_model(model: keras.Model, export_dir: str, version: Optional[int] = N
     shutil.rmtree(tmp, ignore_errors=True)
 
     def serve_named(inputs):
-        return {"probability": model(inputs, training=False)}
+        return {"probability": model(check_named_inputs(inputs, schema), training=False)}
 
     def serve_examples(examples):
         return {"probability": model(parse_serving_examples(examples, schema), training=False)}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Optional
 
 import keras
 
-from mmctr_tf.data.schema import write_json_atomic
+from mmctr_tf.data.schema import read_jsonl, write_json_atomic
 
 BEST_WEIGHTS = "best.weights.h5"
 BEST_STATE = "best.json"
@@ -69,26 +70,25 @@ class DropUnmeasuredLogs(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Appends one JSON line per finished epoch (1-based `epoch` + all logs) to `<run_dir>/epochs.jsonl`.
-    On resume, lines of epochs that are being re-run are dropped first, so each epoch appears once."""
+    """Appends one JSON line per finished epoch (1-based `epoch` + all logs + `extra`, e.g. the training flags in
+    force when they changed on resume) to `<run_dir>/epochs.jsonl`. On resume, lines of epochs that are being re-run
+    (and a last line torn by a kill) are dropped first, so each epoch appears once."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, extra: Optional[dict] = None):
         super().__init__()
         self.path = os.path.join(run_dir, EPOCHS_LOG)
+        self.extra = dict(extra or {})
 
     def on_epoch_begin(self, epoch, logs=None):
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        kept = [r for r in rows if r["epoch"] <= epoch]
-        if len(kept) != len(rows):
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(self.path + ".tmp", self.path)
+        kept = [r for r in read_jsonl(self.path) if r["epoch"] <= epoch]
+        with open(self.path + ".tmp", "w") as f:  # always rewritten: also drops a line torn by a kill
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(self.path + ".tmp", self.path)
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, **self.extra}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -98,8 +98,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose loss is NaN/Inf, naming epoch and step, before any checkpoint of
-    that epoch is written (so no non-finite weights are saved)."""
+    """Stops training at the first batch whose loss is NaN/Inf, naming epoch and step, and at the end of an epoch
+    whose validation loss is NaN/Inf (the predictions of the weights that epoch ended with are not finite, e.g.
+    after a last step with an enormous learning rate), before any checkpoint of that epoch is written: it comes
+    before BackupAndRestore and BestCheckpointEarlyStopping in the callback list, so no non-finite weights are
+    saved and such a model never becomes the best one."""
 
     def __init__(self):
         super().__init__()
@@ -115,10 +118,14 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 f"non-finite training loss ({float(loss)}) at epoch {self.epoch + 1}, step {batch + 1}: training "
                 f"stopped; the last good state is in the run directory (check the learning rate and the input data)")
 
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"non-finite validation loss ({float(loss)}) at the end of epoch {epoch + 1}: the model's predictions "
+                f"are not finite, so training stopped before this epoch was checkpointed; the last good state is in "
+                f"the run directory (check the learning rate and the input data)")
+
 
 def read_epochs(run_dir: str):
-    path = os.path.join(run_dir, EPOCHS_LOG)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(os.path.join(run_dir, EPOCHS_LOG))

@@ -38,6 +38,7 @@ final exact metrics (metrics.json) are computed by the chief alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -244,21 +245,52 @@ class CustomLoop:
 # ------------------------------------------------------------------------------------------------- train
 def train(cfg, hparams: Optional[dict] = None, log=print, strategy=None) -> dict:
     """`trainer.train` for multi-worker jobs (TF_CONFIG set): same run directory and metrics, custom loop."""
+    if strategy is None:  # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything
+        if cfg.cpu_replicas > 1:
+            raise ValueError("--cpu_replicas > 1 with TF_CONFIG: a multi-worker job uses one CPU device (or all "
+                             "GPUs) per worker; drop --cpu_replicas")
+        strategy = make_multiworker_strategy()
+    _, _, chief = task_of(strategy)
+    run_dir = cfg.resolved_run_dir()
+    with lock_run_dir(strategy, run_dir, chief, f"run.train of {cfg.model} on {cfg.dataset} (multi-worker chief)",
+                      log):
+        return _train(cfg, hparams, log, strategy, run_dir)
+
+
+def lock_run_dir(strategy, run_dir: str, chief: bool, what: str, log) -> contextlib.ExitStack:
+    """The chief's lock of the run directory (`mmctr_tf.locks`; the other workers write into it too, so only the
+    chief takes it). When another job holds it, every worker stops: the chief with `LockHeld`, the others with the
+    disagreement error of `agree_with_chief`."""
+    from mmctr_tf import locks
+
+    stack, refused = contextlib.ExitStack(), None
+    if chief:
+        try:
+            stack.enter_context(locks.hold(run_dir, what, log=log))
+        except locks.LockHeld as e:
+            refused = e
+    try:
+        agree_with_chief(strategy, [refused is None], "whether the chief could lock the run directory (another job "
+                         "trains into it)")
+    except RuntimeError:
+        stack.close()
+        if refused is None:
+            raise
+    if refused is not None:
+        raise refused
+    return stack
+
+
+def _train(cfg, hparams, log, strategy, run_dir) -> dict:
     from mmctr_tf.data.datasets import Dataset, ensure_dataset
     from mmctr_tf.data.schema import write_json_atomic
     from mmctr_tf.evaluation.evaluate import evaluate_split
     from mmctr_tf.models import build_model
     from mmctr_tf.training import trainer
 
-    if strategy is None:  # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything
-        if cfg.cpu_replicas > 1:
-            raise ValueError("--cpu_replicas > 1 with TF_CONFIG: a multi-worker job uses one CPU device (or all "
-                             "GPUs) per worker; drop --cpu_replicas")
-        strategy = make_multiworker_strategy()
     task_type, task_id, chief = task_of(strategy)
     name = "chief" if chief else f"{task_type} {task_id}"
     hparams = {k: v for k, v in (hparams or {}).items() if v is not None}
-    run_dir = cfg.resolved_run_dir()
     out_dir = worker_dir(run_dir, strategy)
     metrics_path = os.path.join(run_dir, trainer.METRICS)
     finished = os.path.exists(metrics_path)
@@ -276,7 +308,7 @@ def train(cfg, hparams: Optional[dict] = None, log=print, strategy=None) -> dict
     os.makedirs(out_dir, exist_ok=True)
     record = {"train": dataclasses.asdict(cfg), "hparams": hparams, "schema": data.schema.to_dict(),
               "data_path": data.path}
-    trainer._check_resume(run_dir, record)
+    record, epoch_extra = trainer.resume_record(run_dir, record)
     write_json_atomic(os.path.join(out_dir, trainer.CONFIG), record)
 
     replicas = strategy.num_replicas_in_sync
@@ -308,7 +340,7 @@ def train(cfg, hparams: Optional[dict] = None, log=print, strategy=None) -> dict
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, BACKUP), max_to_keep=2)
 
     best = cb.BestCheckpointEarlyStopping(out_dir, "val_auc", cfg.patience)
-    epoch_log, guard = cb.EpochLog(out_dir), cb.NonFiniteGuard()
+    epoch_log, guard = cb.EpochLog(out_dir, epoch_extra), cb.NonFiniteGuard()
     for c in (best, epoch_log, guard):
         c.set_model(model)
     best.state = {"best": float(best_v.numpy()), "best_epoch": int(best_epoch_v.numpy())}
@@ -323,6 +355,7 @@ def train(cfg, hparams: Optional[dict] = None, log=print, strategy=None) -> dict
         logs = loop.train_epoch(epoch, guard)
         seconds += time.perf_counter() - t0
         epochs_timed += 1
+        guard.on_epoch_end(epoch, logs)  # a non-finite validation loss stops every worker before any save
         best.on_epoch_end(epoch, logs)  # best weights before the checkpoint: a resumed run never misses them
         epoch_log.on_epoch_end(epoch, logs)
         if writer is not None:

@@ -21,9 +21,10 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from mmctr_tf import locks
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
-from mmctr_tf.data.schema import Schema, SchemaError, write_json_atomic
-from mmctr_tf.data.tfrecord import find_bad_shard
+from mmctr_tf.data.schema import MANIFEST, Schema, SchemaError, write_json_atomic
+from mmctr_tf.data.tfrecord import find_bad_shard, tf_error_text
 from mmctr_tf.evaluation.evaluate import evaluate_split
 from mmctr_tf.models import build_model
 from mmctr_tf.training import callbacks as cb
@@ -49,6 +50,7 @@ class TrainConfig:
     cpu_replicas: int = 1  # >1 splits the CPU into logical devices (for testing MirroredStrategy)
     eval_batch_size: int = 4096
     verbose: str = "auto"
+    allow_changed_flags: bool = False  # resume with other training flags (recorded per epoch in epochs.jsonl)
 
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", f"{self.model}-{os.path.basename(self.dataset.rstrip('/'))}-s{self.seed}")
@@ -117,10 +119,23 @@ class Throughput(keras.callbacks.Callback):
         return self.epochs * self.examples_per_epoch / self.seconds if self.seconds else None
 
 
-def _check_resume(run_dir: str, record: dict) -> None:
+# TrainConfig fields that do not change what a run trains: they may differ when a run is resumed (the dataset
+# directory is compared as the resolved `data_path`, not as the --data_dir spelling)
+RESUME_FREE = ("run_dir", "verbose", "eval_batch_size", "jit_compile", "allow_changed_flags", "data_dir")
+# fields that may grow when a run is resumed: that is how a run is extended
+RESUME_GROW = ("epochs", "patience")
+
+
+def resume_record(run_dir: str, record: dict):
+    """The config.json to write for `record` (a new run's config) in `run_dir`, and the fields `EpochLog` adds to
+    every epoch's line. A new run: (`record`, {}). A resumed run must have the same model, dataset, schema and
+    hyper-parameters (ValueError otherwise) and the same training flags as those in force (`--epochs` and
+    `--patience` may grow); other flags are refused, naming each with its old -> new value, unless
+    `allow_changed_flags`: then config.json keeps the flags the run started with plus a `flag_changes` list, and
+    each later epoch's line records the flags in force that differ from them (`"flags"`)."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.exists(path):
-        return
+        return record, {}
     with open(path) as f:
         old = json.load(f)
     for key in ("model", "dataset"):
@@ -130,6 +145,39 @@ def _check_resume(run_dir: str, record: dict) -> None:
     if old.get("hparams") != record.get("hparams"):
         raise ValueError(f"{path}: run directory was started with other model hyper-parameters "
                          f"{old.get('hparams')}; use another --run_dir to train with {record.get('hparams')}")
+    if old.get("schema") not in (None, record.get("schema")):
+        raise ValueError(f"{path}: the dataset's schema changed since this run started (was {old['schema']}, now "
+                         f"{record['schema']} in {record.get('data_path')}: re-converted?); its checkpoints do not "
+                         f"fit the new data: use another --run_dir")
+    start = old["train"]
+    in_force = dict(start)
+    for change in old.get("flag_changes", []):
+        in_force.update(change)
+    new = record["train"]
+    changed = {}
+    for k, v in new.items():
+        if k in RESUME_FREE or k not in in_force:  # a field older runs did not record is not compared
+            continue
+        was = in_force[k]
+        if k in RESUME_GROW and isinstance(v, int) and isinstance(was, int) and v >= was:
+            continue
+        if v != was:
+            changed[k] = (was, v)
+    if old.get("data_path") and os.path.realpath(old["data_path"]) != os.path.realpath(record["data_path"]):
+        changed["data_path"] = (old["data_path"], record["data_path"])
+    if changed and not new.get("allow_changed_flags"):
+        raise ValueError(f"{path}: this run was started with other training flags: "
+                         + ", ".join(f"{'the dataset directory' if k == 'data_path' else '--' + k} {a!r} -> {b!r}"
+                                     for k, (a, b) in changed.items())
+                         + "; resume with the same flags (--epochs and --patience may grow, to extend a run), use "
+                         "another --run_dir, or pass --allow_changed_flags to go on with the new values (epochs.jsonl "
+                         "then records them on every later epoch)")
+    out = {**old, "train": {**start, **{k: new[k] for k in RESUME_GROW if k in new}}}
+    if changed:
+        out["flag_changes"] = old.get("flag_changes", []) + [{k: b for k, (_, b) in changed.items()}]
+        out["data_path"] = record["data_path"]
+    differ = {k: new[k] for k in new if k in start and k not in RESUME_FREE + RESUME_GROW and new[k] != start[k]}
+    return out, ({"flags": differ} if differ else {})
 
 
 @keras.saving.register_keras_serializable(package="mmctr_tf")
@@ -158,26 +206,64 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
 
 def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_callbacks=()) -> dict:
     """Trains (or resumes) one run and returns its metrics (also written to `<run_dir>/metrics.json`).
-    With TF_CONFIG set, the run is one worker of a multi-worker job (`mmctr_tf.training.multiworker`)."""
+    With TF_CONFIG set, the run is one worker of a multi-worker job (`mmctr_tf.training.multiworker`).
+
+    The run directory is locked for the whole call (`mmctr_tf.locks`): a second process training into it is
+    refused with the holder's pid. When a split cannot be read at the final evaluation, metrics.json keeps what the
+    run finished (best epoch, the other split) with that split's error, `RunDataError` is raised, and the same call
+    made again evaluates again without training."""
     if os.environ.get("TF_CONFIG"):
         from mmctr_tf.training import multiworker
 
         if extra_callbacks:
             raise ValueError("train(): extra_callbacks are Keras fit callbacks; the multi-worker loop takes none")
         return multiworker.train(cfg, hparams, log=log)
-    hparams = {k: v for k, v in (hparams or {}).items() if v is not None}
     run_dir = cfg.resolved_run_dir()
+    with locks.hold(run_dir, f"run.train of {cfg.model} on {cfg.dataset}", log=log):
+        return _train(cfg, hparams, run_dir, log, extra_callbacks)
+
+
+class RunDataError(SchemaError):
+    """The data a run reads is unreadable or was replaced under it; the message names the file or the dataset."""
+
+
+# What tf.data raises on a damaged, truncated, missing or replaced shard (FailedPrecondition: fewer examples than
+# the manifest says, e.g. a dataset re-converted while a run reads it)
+DATA_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError,
+               tf.errors.NotFoundError)
+
+
+def unreadable(data: Dataset, splits) -> Optional[str]:
+    """Why `splits` of `data` cannot be read: the dataset was replaced since it was opened, or the first bad shard
+    ('file: reason'); None when neither holds."""
+    if data.replaced():
+        return (f"{data.path}: the dataset was replaced while this run used it (its {MANIFEST} changed since the run "
+                f"started)")
+    bad = find_bad_shard([f for s in splits for f in data.files(s)], data.schema, data.compression)
+    return f"{'/'.join(splits)} data is unreadable: {bad}" if bad else None
+
+
+def failed_splits(metrics: dict) -> dict:
+    """{split: error} of a metrics.json whose final evaluation failed (empty for a finished run)."""
+    return {k: v["error"] for k, v in metrics.items() if isinstance(v, dict) and "error" in v}
+
+
+def _train(cfg: TrainConfig, hparams: Optional[dict], run_dir: str, log, extra_callbacks) -> dict:
+    hparams = {k: v for k, v in (hparams or {}).items() if v is not None}
     metrics_path = os.path.join(run_dir, METRICS)
+    previous = None
     if os.path.exists(metrics_path):
-        log(f"[train] {run_dir} is finished already ({METRICS} exists); use another --run_dir to train again")
         with open(metrics_path) as f:
-            return json.load(f)
+            previous = json.load(f)
+        if not failed_splits(previous):
+            log(f"[train] {run_dir} is finished already ({METRICS} exists); use another --run_dir to train again")
+            return previous
     keras.utils.set_random_seed(cfg.seed)
     data = Dataset(ensure_dataset(cfg.dataset, cfg.data_dir, log=log))
     os.makedirs(run_dir, exist_ok=True)
     record = {"train": dataclasses.asdict(cfg), "hparams": hparams, "schema": data.schema.to_dict(),
               "data_path": data.path}
-    _check_resume(run_dir, record)
+    record, epoch_extra = resume_record(run_dir, record)
     write_json_atomic(os.path.join(run_dir, CONFIG), record)
 
     strategy = make_strategy(cfg.cpu_replicas)
@@ -190,36 +276,70 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
     with strategy.scope():
         model = build_model(cfg.model, data.schema, data.tables, **hparams)
         compile_model(model, cfg, steps)
-    log(f"[train] {cfg.model} on {data.path}: {model.count_params():,} parameters, {replicas} replica(s), "
-        f"global batch {global_batch}, {steps} steps/epoch, run_dir {run_dir}")
+    best = cb.BestCheckpointEarlyStopping(run_dir, "val_auc", cfg.patience)
+    if previous is None:
+        log(f"[train] {cfg.model} on {data.path}: {model.count_params():,} parameters, {replicas} replica(s), "
+            f"global batch {global_batch}, {steps} steps/epoch, run_dir {run_dir}")
+        result = _fit(model, data, cfg, run_dir, best, replicas, steps, epoch_extra, extra_callbacks)
+    else:
+        log(f"[train] {run_dir}: training finished earlier; evaluating again ({METRICS} recorded: "
+            f"{'; '.join(failed_splits(previous).values())})")
+        result = {k: v for k, v in previous.items() if k not in ("valid", "test")}
 
+    if os.path.exists(best.weights_path):
+        model.load_weights(best.weights_path)
+    for split in ("valid", "test"):
+        result[split] = evaluate_or_error(model, data, split, cfg.eval_batch_size)
+    write_json_atomic(metrics_path, result)
+    errors = failed_splits(result)
+    if errors:
+        raise RunDataError(f"{'; '.join(dict.fromkeys(errors.values()))}. Training finished (best epoch "
+                           f"{result['best_epoch']}); {METRICS} keeps what was evaluated, with the error of "
+                           f"{' and '.join(errors)}: fix the data and run the same command again to evaluate")
+    t = result["test"]
+    log(f"[train] best epoch {result['best_epoch']} (validation); test AUC {t['auc']:.4f} logloss "
+        f"{t['logloss']:.4f} GAUC(user) {t.get('gauc_user', float('nan')):.4f} -> {metrics_path}")
+    return result
+
+
+def evaluate_or_error(model, data: Dataset, split: str, batch_size: int) -> dict:
+    """`evaluate_split`, or {"error": why} when the split cannot be read or the dataset was replaced since the run
+    opened it (its ids may mean other items now)."""
+    if data.replaced():
+        return {"error": unreadable(data, [split])}
+    try:
+        return evaluate_split(model, data, split, batch_size)
+    except DATA_ERRORS as e:
+        return {"error": unreadable(data, [split]) or f"{split} data: {tf_error_text(e)}"}
+
+
+def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, replicas: int, steps: int, epoch_extra,
+         extra_callbacks) -> dict:
+    """Keras `fit` with the run directory's callbacks; returns the training part of metrics.json."""
+    global_batch = cfg.batch_size * replicas
     train_ds = data.tf_dataset("train", global_batch, shuffle=True, seed=cfg.seed, repeat=True)
     valid_ds = data.tf_dataset("valid", global_batch)
-    best = cb.BestCheckpointEarlyStopping(run_dir, "val_auc", cfg.patience)
     speed = Throughput(global_batch, steps)
     callbacks = [
         cb.DropUnmeasuredLogs(),  # first: later callbacks see the edited logs
+        cb.NonFiniteGuard(),  # before the checkpoints: a non-finite epoch is never saved
         # double_checkpoint: a kill while latest.weights.h5 is rewritten leaves a truncated file; the previous
         # epoch's copy is restored instead (tests/test_reliability.py)
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), delete_checkpoint=False,
                                          double_checkpoint=True),
-        cb.NonFiniteGuard(), best, cb.EpochLog(run_dir), speed,
+        best, cb.EpochLog(run_dir, epoch_extra), speed,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
         *extra_callbacks,
     ]
     try:
         model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=valid_ds,
                   callbacks=callbacks, verbose=cfg.verbose, shuffle=False)  # tf.data shuffles already
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        files = data.files("train") + data.files("valid")
-        bad = find_bad_shard(files, data.schema, data.compression)
-        if bad:
-            raise SchemaError(f"training data is unreadable: {bad}") from None
-        raise e
-
-    if os.path.exists(best.weights_path):
-        model.load_weights(best.weights_path)
-    result = {
+    except DATA_ERRORS:
+        why = unreadable(data, ["train", "valid"])
+        if why:
+            raise RunDataError(f"training stopped: {why}") from None
+        raise
+    return {
         "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "run_dir": run_dir,
         "backbone": getattr(model, "backbone_name", None),  # None for models without a sequence backbone
         "best_epoch": best.state["best_epoch"], "best_val_auc_keras": best.state["best"],
@@ -228,13 +348,6 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
         "train_examples_per_sec": speed.examples_per_sec,
         "gauc_weighting": "impression-weighted mean of per-group AUC over groups with both classes",
     }
-    for split in ("valid", "test"):
-        result[split] = evaluate_split(model, data, split, cfg.eval_batch_size)
-    write_json_atomic(metrics_path, result)
-    t = result["test"]
-    log(f"[train] best epoch {result['best_epoch']} (validation); test AUC {t['auc']:.4f} logloss "
-        f"{t['logloss']:.4f} GAUC(user) {t.get('gauc_user', float('nan')):.4f} -> {metrics_path}")
-    return result
 
 
 def load_run(run_dir: str, weights: str = cb.BEST_WEIGHTS):

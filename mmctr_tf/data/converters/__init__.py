@@ -16,7 +16,7 @@ import os
 from typing import Callable, List, Optional
 
 from mmctr_tf.data.converters import amazon, generic, movielens
-from mmctr_tf.data.converters.output import load_id_map, load_item_texts
+from mmctr_tf.data.converters.output import OutputDirRefused, claimed_output_dir, load_id_map, load_item_texts
 from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
 from mmctr_tf.data.converters.reading import ConversionError, RawFilesMissing
 from mmctr_tf.data.converters.stats import format_stats
@@ -24,7 +24,7 @@ from mmctr_tf.data.converters.vectors import VectorSource, parse_vector_specs
 
 __all__ = ["convert", "converter_for", "default_protocol", "missing_data_message", "RawFilesMissing",
            "ConversionError", "ProtocolConfig", "WriteConfig", "format_stats", "load_id_map", "load_item_texts",
-           "VectorSource", "parse_vector_specs", "CONVERTERS", "DATASETS"]
+           "VectorSource", "parse_vector_specs", "CONVERTERS", "DATASETS", "OutputDirRefused"]
 
 CONVERTERS = ("amazon", "movielens", "generic")
 DATASETS = {**{k: "amazon" for k in amazon.STEMS}, "movielens": "movielens",
@@ -99,7 +99,9 @@ def convert(dataset: str, raw_dir: Optional[str], out_dir: str, *, converter: st
     """Converts `dataset` from `raw_dir` (default raw/<dataset>) into `out_dir`; returns the manifest.
 
     Raises RawFilesMissing (a message naming the files and the command) before anything is written when the raw
-    files are absent; any later failure leaves no partial output.
+    files are absent; any later failure leaves no partial output. Raises OutputDirRefused when `out_dir` exists and
+    is not a dataset named `dataset`, and `mmctr_tf.locks.LockHeld` while another conversion writes it; in both
+    cases before anything is read or written.
     """
     raw_dir = raw_dir or default_raw_dir(dataset)
     kind = converter_for(dataset, converter, raw_dir)
@@ -109,13 +111,14 @@ def convert(dataset: str, raw_dir: Optional[str], out_dir: str, *, converter: st
     proto.validate()
     write = write or WriteConfig()
     sources = parse_vector_specs(vector_specs or [])
-    if kind == "amazon":
-        stem = amazon_stem or amazon.STEMS.get(dataset) or amazon_stem_from_files(raw_dir)
-        return amazon.convert(dataset, raw_dir, out_dir, proto, write, stem=stem, category_level=category_level,
-                              with_brand=with_brand, vector_sources=sources, use_image_features=image_features,
-                              log=log)
-    if kind == "movielens":
-        return movielens.convert(dataset, raw_dir, out_dir, proto, write, threshold=rating_threshold,
-                                 vector_sources=sources, log=log)
-    return generic.convert(dataset, raw_dir, out_dir, proto, write, opts=generic_options,
-                           vector_sources=sources, log=log)
+    with claimed_output_dir(out_dir, dataset, log=log):  # before reading: a refused conversion reads nothing
+        if kind == "amazon":
+            stem = amazon_stem or amazon.STEMS.get(dataset) or amazon_stem_from_files(raw_dir)
+            return amazon.convert(dataset, raw_dir, out_dir, proto, write, stem=stem, category_level=category_level,
+                                  with_brand=with_brand, vector_sources=sources, use_image_features=image_features,
+                                  log=log)
+        if kind == "movielens":
+            return movielens.convert(dataset, raw_dir, out_dir, proto, write, threshold=rating_threshold,
+                                     vector_sources=sources, log=log)
+        return generic.convert(dataset, raw_dir, out_dir, proto, write, opts=generic_options,
+                               vector_sources=sources, log=log)

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 from mmctr_tf.data.converters.build import build_dataset
 from mmctr_tf.data.converters.events import EventLog, ItemInfo
 from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
-from mmctr_tf.data.converters.reading import MAX_ID_CHARS, LineErrors, RawFilesMissing, open_text
+from mmctr_tf.data.converters.reading import LineErrors, RawFilesMissing, id_problem, open_text
 from mmctr_tf.data.converters.vectors import VectorSource
 
 STEMS = {
@@ -134,7 +134,7 @@ def read_reviews(path: str, events: EventLog) -> LineErrors:
                 errors.add(lineno, str(e))
                 continue
             if not events.add(user.strip(), item.strip(), t):
-                errors.add(lineno, f"reviewerID or asin longer than {MAX_ID_CHARS} characters")
+                errors.add(lineno, f"reviewerID or asin {id_problem(user.strip(), item.strip())}")
     return errors
 
 

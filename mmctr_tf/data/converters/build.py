@@ -223,12 +223,16 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
     cfg = protocol
     n_read = len(events)
     if n_read == 0:
-        raise ConversionError(f"dataset '{name}': the raw files hold no valid interaction")
+        why = "; ".join(f"{os.path.basename(e.path)}: {e.count} malformed line(s), e.g. {', '.join(e.examples[:2])}"
+                        for e in read_errors if e.count)
+        raise ConversionError(f"dataset '{name}': the raw files hold no valid interaction"
+                              + (f" ({why})" if why else ""))
     users_sorted = events.users.sorted()
     items_sorted = events.items.sorted()
     users_read, NI = len(users_sorted), len(items_sorted)
     P = max(1, math.ceil(n_read / max(1, write.partition_events)))
-    staging = resumable_output_dir(out_dir, log=log) if write.resume else atomic_output_dir(out_dir)
+    staging = (resumable_output_dir(out_dir, name, log=log) if write.resume
+               else atomic_output_dir(out_dir, name, log=log))
     with staging as tmp:
         parts = _Partitions(events, P, os.path.join(tmp, WORK_DIR))
         if P > 1:
@@ -316,7 +320,7 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
                     "protocol": {**dataclasses.asdict(cfg), "description": cfg.describe()}}
         total_examples = total_pos = 0
         for s in SPLITS:
-            entry = {"files": [], "examples": 0, "positives": 0, "oov": {}, "users": 0}
+            entry = {"files": [], "examples": 0, "positives": 0, "oov": {}, "max_id": {}, "users": 0}
             for p in range(P):
                 e = summaries[p]["splits"][s]
                 entry["files"] += e["files"]
@@ -325,6 +329,8 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
                 entry["users"] += e["users"]
                 for k, v in e["oov"].items():
                     entry["oov"][k] = entry["oov"].get(k, 0) + v
+                for k, v in e.get("max_id", {}).items():
+                    entry["max_id"][k] = max(entry["max_id"].get(k, 0), v)
             n = entry["examples"]
             entry["positive_rate"] = float(entry["positives"] / n) if n else 0.0
             manifest["splits"][s] = entry

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from mmctr_tf.data.converters.raw_ids import IdVocab, to_bytes_array
-from mmctr_tf.data.converters.reading import MAX_ID_CHARS
+from mmctr_tf.data.converters.reading import id_problem
 
 
 class EventLog:
@@ -36,8 +36,8 @@ class EventLog:
         self._spill_dir: Optional[str] = None
 
     def add(self, user: str, item: str, t: float, label: Optional[int] = None) -> bool:
-        """Appends one event; False (nothing added) when an id is longer than MAX_ID_CHARS (a malformed line)."""
-        if len(user) > MAX_ID_CHARS or len(item) > MAX_ID_CHARS:
+        """Appends one event; False (nothing added) when an id is unusable (`reading.id_problem`: a malformed line)."""
+        if id_problem(user, item):
             return False
         self._pu.append(user)
         self._pi.append(item)

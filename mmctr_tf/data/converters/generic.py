@@ -40,7 +40,7 @@ from mmctr_tf.data.converters.build import build_dataset
 from mmctr_tf.data.converters.events import AttrTable, EventLog, ItemInfo
 from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
 from mmctr_tf.data.converters.raw_ids import to_bytes_array
-from mmctr_tf.data.converters.reading import MAX_ID_CHARS, ConversionError, LineErrors, RawFilesMissing, open_text
+from mmctr_tf.data.converters.reading import ConversionError, LineErrors, RawFilesMissing, id_problem, open_text
 from mmctr_tf.data.converters.vectors import VectorSource
 
 USER_COLS = ("user_id", "userId", "user", "reviewerID", "uid")
@@ -218,7 +218,7 @@ def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tupl
         else:
             t = float(n)
         if not events.add(user, item, t):
-            errors.add(lineno, f"user or item id longer than {MAX_ID_CHARS} characters")
+            errors.add(lineno, f"user or item id {id_problem(user, item)}")
             continue
         n += 1
     return errors, order
@@ -282,8 +282,8 @@ def read_items(path: str, opts: GenericOptions, category_regex: Optional[str]):
         if not item:
             errors.add(lineno, "empty item id")
             continue
-        if len(item) > MAX_ID_CHARS:
-            errors.add(lineno, f"item id longer than {MAX_ID_CHARS} characters")
+        if id_problem(item):
+            errors.add(lineno, f"item id {id_problem(item)}")
             continue
         if ri is not None:
             try:

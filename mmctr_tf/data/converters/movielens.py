@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 from mmctr_tf.data.converters.build import build_dataset
 from mmctr_tf.data.converters.events import EventLog, ItemInfo
 from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
-from mmctr_tf.data.converters.reading import MAX_ID_CHARS, LineErrors, RawFilesMissing, open_text
+from mmctr_tf.data.converters.reading import LineErrors, RawFilesMissing, id_problem, open_text
 from mmctr_tf.data.converters.vectors import VectorSource
 
 LINKS = "https://grouplens.org/datasets/movielens/ (e.g. ml-20m.zip)"
@@ -94,7 +94,7 @@ def read_ratings(path: str, events: EventLog, threshold: float) -> LineErrors:
             errors.add(lineno, "empty user or movie id")
             continue
         if not events.add(user, movie, ts, 1 if rating > threshold else 0):
-            errors.add(lineno, f"user or movie id longer than {MAX_ID_CHARS} characters")
+            errors.add(lineno, f"user or movie id {id_problem(user, movie)}")
     return errors
 
 

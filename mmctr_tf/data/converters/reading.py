@@ -5,11 +5,22 @@ from __future__ import annotations
 import gzip
 import io
 import os
-from typing import List
+from typing import List, Optional
 
 from mmctr_tf.data.schema import SchemaError
 
 MAX_ID_CHARS = 256  # longer raw ids are malformed lines (ids are stored as fixed-width byte arrays)
+
+
+def id_problem(*raw_ids: str) -> Optional[str]:
+    """Why one of these raw ids cannot be an id (None when all can): longer than MAX_ID_CHARS, or holding a NUL
+    byte (fixed-width byte arrays drop trailing NULs, so 'a\\0' would become 'a'; id maps are text files)."""
+    for raw in raw_ids:
+        if len(raw) > MAX_ID_CHARS:
+            return f"longer than {MAX_ID_CHARS} characters"
+        if "\x00" in raw:
+            return "contains a NUL byte"
+    return None
 
 
 class RawFilesMissing(SchemaError):
@@ -21,7 +32,11 @@ class ConversionError(SchemaError):
 
 
 def open_text(path: str, encoding: str = "utf-8"):
-    """Opens a text file, transparently gunzipping `*.gz`; undecodable bytes are replaced, never fatal."""
+    """Opens a text file, transparently gunzipping `*.gz`; undecodable bytes are replaced, never fatal. UTF-8 is read
+    as 'utf-8-sig': a byte-order mark at the start (as some spreadsheet programs write) is not part of the first
+    column's name."""
+    if encoding.lower().replace("-", "").replace("_", "") == "utf8":
+        encoding = "utf-8-sig"
     if path.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors="replace", newline="")
     return open(path, encoding=encoding, errors="replace", newline="")

@@ -80,11 +80,25 @@ def parse_vector_specs(specs: Sequence[str]) -> List[VectorSource]:
     return out
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def require_npy(path: str, what: str) -> None:
+    """SchemaError unless `path` starts with numpy's .npy magic bytes (numpy's own error for any other file is about
+    pickled data, even for a text or CSV file)."""
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        raise SchemaError(f"{path}: not a .npy file (it does not start with numpy's .npy header); {what} must be "
+                          f"saved with numpy.save")
+
+
 def load_item_list(path: str) -> List[str]:
     """Raw item ids, one per row: a text file (one id per line; first tab/comma field) or a `.npy` of ids."""
     if not os.path.exists(path):
         raise SchemaError(f"{path}: item list not found")
     if path.endswith(".npy"):
+        require_npy(path, "an item list")
         try:
             arr = np.load(path, allow_pickle=False)
         except ValueError as e:
@@ -163,13 +177,14 @@ def read_source(src: VectorSource, item_raw: Sequence[str], tmp_dir: Optional[st
     V = len(item_raw) + 1
     info = {"source": os.path.abspath(src.path), "format": src.kind}
     if src.kind == "npy":
+        require_npy(src.path, f"vectors for modality '{src.modality}'")
         try:
             data = np.load(src.path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
             raise SchemaError(f"{src.path}: cannot read vectors for modality '{src.modality}': {e}") from None
-        if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
-            raise SchemaError(f"{src.path}: vectors for modality '{src.modality}' must be a numeric [items, dim] "
-                              f"array, got {data.dtype} {data.shape}")
+        if data.ndim != 2 or data.dtype.kind not in "iuf":  # complex values would lose their imaginary part
+            raise SchemaError(f"{src.path}: vectors for modality '{src.modality}' must be a real-valued (integer or "
+                              f"float) [items, dim] array, got {data.dtype} {data.shape}")
         if src.items is None:
             raise SchemaError(f"{src.path}: no item list aligned with its rows (give modality=path.npy@items.txt, "
                               f"or put {src.path[:-4]}.items.txt beside it)")
