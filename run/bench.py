@@ -105,6 +105,9 @@ def main(argv):
     bad = common.flag_error(["model", "models", "batch_size", "seed", *CHECKS], CHECKS)
     if bad:
         return common.fail(f"run.bench: {bad}")
+    if FLAGS.print_config:
+        print(common.config_in_force(models=FLAGS.models or [FLAGS.model]))
+        return 0
     common.quiet_tf()
     if FLAGS.child:
         print(RESULT + json.dumps(measure_child(FLAGS.child)), flush=True)

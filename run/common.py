@@ -37,6 +37,8 @@ flags.DEFINE_integer("seed", 0, "Random seed (weights, data order).")
 flags.DEFINE_integer("patience", 10, "Early stopping: epochs without validation-AUC gain.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over train).")
+flags.DEFINE_bool("print_config", False, "Print the settings in force (configs/ files, then the command line) as "
+                  "flagfile lines and exit: nothing is imported, trained or written.")
 flags.DEFINE_integer("cpu_replicas", 1, "On CPU-only hosts, split the CPU into this many MirroredStrategy replicas.")
 flags.DEFINE_string("verbose", "auto", "Keras fit verbosity: auto, 0, 1, 2.")
 flags.DEFINE_bool("allow_changed_flags", False, "Resume a run with training flags other than those it was started "
@@ -246,6 +248,36 @@ def train_config(**overrides):
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def config_in_force(models=None) -> str:
+    """`--print_config`: the config files read and every flag of the command with its value in force, as flagfile
+    lines (each set value marked with where it came from: a config file or the command line; unmarked = the flag's
+    default), then, for commands that run several models, each model's hyper-parameters."""
+    argv = sys.argv
+    files = [a.split("=", 1)[1] for a in with_config_files(argv)[1:len(with_config_files(argv)) - len(argv) + 1]]
+    if models is not None:
+        files = [f for f in files if not f.startswith(os.path.join(CONFIG_DIR, "models"))]
+    lines = ["# config files read before the command line: " + (", ".join(os.path.relpath(f) for f in files) or "none")]
+    main_file = os.path.abspath(argv[0])
+    modules = [m for m in FLAGS.flags_by_module_dict() if m == __name__ or os.path.abspath(m) == main_file]
+    names = sorted({f.name for m in modules for f in FLAGS.get_flags_for_module(m)} - {"print_config"})
+    for name in names:
+        flag = FLAGS[name]
+        if flag.value is None or (name in HPARAM_FLAGS and models is not None):
+            continue
+        value = ",".join(map(str, flag.value)) if isinstance(flag.value, list) else flag.value
+        value = str(value).lower() if isinstance(value, bool) else value
+        source = next((os.path.relpath(f) for f in reversed(files) if _flag_value([f"--flagfile={f}"], name)),
+                      None)
+        if _flag_value(argv[1:], name) is not None:
+            source = "command line"
+        lines.append(f"--{name}={value}" + (f"    # {source}" if flag.present and source else ""))
+    for m in models or ():
+        hp = model_hparams(m)
+        lines.append(f"# {m}: " + (" ".join(f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                                            for k, v in sorted(hp.items())) or "its own defaults"))
+    return "\n".join(lines)
 
 
 def quiet_tf():

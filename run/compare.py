@@ -46,6 +46,9 @@ def main(argv):
                             CHECKS)
     if bad:
         return common.fail(f"run.compare: {bad}")
+    if FLAGS.print_config:
+        print(common.config_in_force(models=[m.strip() for m in (FLAGS.models or DEFAULT_MODELS)]))
+        return 0
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.evaluation import compare as C

@@ -18,6 +18,9 @@ def main(argv):
     bad = common.flag_error(common.TRAIN_FLAGS)
     if bad:
         return common.fail(f"run.train: {bad}")
+    if FLAGS.print_config:
+        print(common.config_in_force())
+        return 0
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.locks import LockHeld

@@ -31,6 +31,7 @@ class BestCheckpointEarlyStopping(keras.callbacks.Callback):
         self.state_path = os.path.join(run_dir, BEST_STATE)
         self.weights_path = os.path.join(run_dir, BEST_WEIGHTS)
         self.state = {"best": -math.inf, "best_epoch": -1}
+        self.stopped = None  # the early-stop message, printed when training ends
 
     def on_train_begin(self, logs=None):
         if os.path.exists(self.state_path):
@@ -49,9 +50,15 @@ class BestCheckpointEarlyStopping(keras.callbacks.Callback):
             self.state = {"best": value, "best_epoch": epoch + 1}
             write_json_atomic(self.state_path, self.state)
         elif epoch + 1 - self.state["best_epoch"] >= self.patience:
-            print(f"[train] early stop: no {self.monitor} gain for {self.patience} epochs "
-                  f"(best {self.state['best']:.5f} at epoch {self.state['best_epoch']})")
+            self.stopped = (f"[train] early stop after epoch {epoch + 1}: no {self.monitor} gain for "
+                            f"{self.patience} epochs (best {self.state['best']:.5f} at epoch "
+                            f"{self.state['best_epoch']})")
             self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        # printed here, not at the epoch's end: Keras' progress bar finishes the epoch's line after this callback
+        if self.stopped:
+            print(self.stopped, flush=True)
 
 
 class DropUnmeasuredLogs(keras.callbacks.Callback):

@@ -181,6 +181,14 @@ def resume_record(run_dir: str, record: dict):
 
 
 @keras.saving.register_keras_serializable(package="mmctr_tf")
+def click_logloss(y_true, y_pred):
+    """Binary cross-entropy of the click probability, per example ([B]): the click loss (`ClickLoss`) and the
+    `logloss` metric that the progress bar shows for training and validation alike."""
+    y_true = keras.ops.cast(keras.ops.reshape(y_true, [-1]), y_pred.dtype)
+    return keras.ops.binary_crossentropy(y_true, keras.ops.reshape(y_pred, [-1]))
+
+
+@keras.saving.register_keras_serializable(package="mmctr_tf")
 class ClickLoss(keras.losses.Loss):
     """Binary cross-entropy per example for models whose output is the click probability [B].
 
@@ -193,15 +201,27 @@ class ClickLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        y_true = keras.ops.cast(keras.ops.reshape(y_true, [-1]), y_pred.dtype)
-        return keras.ops.binary_crossentropy(y_true, keras.ops.reshape(y_pred, [-1]))
+        return click_logloss(y_true, y_pred)
 
 
 def compile_model(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
     lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, decay_steps=steps_per_epoch,
                                                      decay_rate=cfg.lr_decay, staircase=True)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=ClickLoss(),
-                  metrics=[keras.metrics.AUC(num_thresholds=2000, name="auc")], jit_compile=cfg.jit_compile)
+    # `loss` is the training objective (the click loss plus the model's weighted auxiliary losses, training only);
+    # `logloss` is the click loss alone, measured alike on training and validation batches (see `describe_logs`).
+    metrics = [keras.metrics.AUC(num_thresholds=2000, name="auc"),
+               keras.metrics.MeanMetricWrapper(click_logloss, name="logloss")]
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=ClickLoss(), metrics=metrics, jit_compile=cfg.jit_compile)
+
+
+def describe_logs(model) -> str:
+    """One line saying what the progress bar's numbers are (the total `loss` is not comparable with `val_loss`
+    when the model has auxiliary losses)."""
+    aux = [m.name for m in model.metrics if m.name not in ("loss", "compile_metrics")]
+    if not aux:
+        return "[train] progress: loss = click logloss (training), val_loss = the same on validation; auc = ROC AUC"
+    return (f"[train] progress: loss = click logloss + weighted auxiliary losses ({', '.join(aux)}; training "
+            f"batches only), so compare logloss with val_logloss, not loss with val_loss; auc = ROC AUC")
 
 
 def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_callbacks=()) -> dict:
@@ -280,6 +300,7 @@ def _train(cfg: TrainConfig, hparams: Optional[dict], run_dir: str, log, extra_c
     if previous is None:
         log(f"[train] {cfg.model} on {data.path}: {model.count_params():,} parameters, {replicas} replica(s), "
             f"global batch {global_batch}, {steps} steps/epoch, run_dir {run_dir}")
+        log(describe_logs(model))
         result = _fit(model, data, cfg, run_dir, best, replicas, steps, epoch_extra, extra_callbacks)
     else:
         log(f"[train] {run_dir}: training finished earlier; evaluating again ({METRICS} recorded: "
