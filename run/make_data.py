@@ -79,6 +79,10 @@ flags.DEFINE_string("category_split", None, "generic: separator; the category is
 flags.DEFINE_string("category_regex", None, "generic: regex with one group extracting the category (from the "
                     "category column, or the text column when there is none).")
 flags.DEFINE_string("text_col", None, "generic: text / title column of the items file.")
+flags.DEFINE_string("label_col", None, "generic: label / rating column of the interaction log (default: a column named "
+                    "label, click, clicked, is_click or rating, if any). Without one every row is a click.")
+flags.DEFINE_float("label_threshold", None, "generic: a row whose label value is above this is a click, the others "
+                   "are real non-clicks (needed unless the labels are 0 / 1).")
 
 
 def print_summary(manifest: dict, out_dir: str) -> None:
@@ -112,7 +116,8 @@ def convert_real(out_dir: str, compression: str) -> dict:
     opts = GenericOptions(interactions=FLAGS.interactions, items=FLAGS.items, prefix=FLAGS.file_prefix,
                           user_col=FLAGS.user_col, item_col=FLAGS.item_col, time_col=FLAGS.time_col,
                           category_col=FLAGS.category_col, category_split=FLAGS.category_split,
-                          category_regex=FLAGS.category_regex, text_col=FLAGS.text_col)
+                          category_regex=FLAGS.category_regex, text_col=FLAGS.text_col,
+                          label_col=FLAGS.label_col, label_threshold=FLAGS.label_threshold)
     write = converters.WriteConfig(num_shards=FLAGS.num_shards or 4, compression=compression,
                                    table_dtype=FLAGS.table_dtype, pca_dim=FLAGS.pca_dim,
                                    partition_events=FLAGS.partition_events, resume=FLAGS.resume)

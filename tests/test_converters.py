@@ -23,6 +23,7 @@ from conftest import lock_holder
 from mmctr_tf.data import converters, synthetic
 from mmctr_tf.data.converters import build, generic, text_embed
 from mmctr_tf.data.converters.amazon import parse_record
+from mmctr_tf.data.converters.reading import ConversionError
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
 from mmctr_tf.data.schema import SchemaError, read_manifest, write_manifest
 from mmctr_tf.locks import LockHeld
@@ -896,3 +897,77 @@ def test_shared_s3rec_subset(tmp_path):
     assert maps["item_id"][1:] == sorted(kept_items, key=int)  # numeric raw ids keep their order
     c = read_split(out, "test")
     assert all(maps["cate_id"][ce] == first_attr[maps["item_id"][it]] for it, ce in zip(c["item_id"], c["cate_id"]))
+
+
+def _labelled_log(raw, column, values_of):
+    """A log of 6 users x 8 impressions with a label column: values_of(u, k) is the value of impression k."""
+    os.makedirs(raw, exist_ok=True)
+    rows = []
+    with open(os.path.join(raw, "interactions.csv"), "w") as f:
+        f.write(f"user_id,item_id,ts,{column}\n")
+        for u in range(6):
+            for k in range(8):
+                item = f"i{(3 * u + k) % 11}"
+                v = values_of(u, k)
+                rows.append((f"u{u}", item, k, v))
+                f.write(f"u{u},{item},{k},{v}\n")
+    return rows
+
+
+def test_generic_log_with_labels_keeps_real_non_clicks(tmp_path):
+    raw = str(tmp_path / "raw")
+    rows = _labelled_log(raw, "rating", lambda u, k: (u + k) % 5 + 1)  # 1-5 ratings
+    msgs = []
+    with pytest.raises(ConversionError, match="--label_threshold"):  # ratings are not 0/1: a threshold is needed
+        converters.convert("lab", raw, str(tmp_path / "lab"), log=msgs.append)
+    assert not os.path.exists(tmp_path / "lab")
+    opts = generic.GenericOptions(label_threshold=3)
+    m = converters.convert("lab", raw, str(tmp_path / "lab"), generic_options=opts, log=msgs.append)
+    clicks = sum(v > 3 for *_, v in rows)
+    assert f"{clicks} clicks, {len(rows) - clicks} non-clicks" in "\n".join(msgs)
+    assert m["protocol"]["split"] == "fraction" and m["protocol"]["negatives"] == "none"
+    got = {s: read_split(str(tmp_path / "lab"), s) for s in ("train", "valid", "test")}
+    users, items = converters.load_id_map(str(tmp_path / "lab"), "user_id"), id_maps(str(tmp_path / "lab"))["item_id"]
+    label_of = {(u, i, t): float(v > 3) for u, i, t, v in rows}
+    n = 0
+    for s, cols in got.items():
+        for k in range(len(cols["label"])):
+            u, i = users[cols["user_id"][k]], items[cols["item_id"][k]]
+            # each example's label is its row's (no sampled negative); its history holds only earlier clicks
+            labels = [lab for (uu, ii, _), lab in label_of.items() if uu == u and ii == i]
+            assert cols["label"][k] in labels
+            hist = [items[h] for h in cols["hist_item_id"][k][:cols["hist_len"][k]]]
+            assert all(any(label_of.get((u, h, t)) == 1.0 for t in range(8)) for h in hist)
+            n += 1
+    assert n == len(rows)  # every impression is one example, none sampled
+    # 0/1 labels need no threshold
+    raw01 = str(tmp_path / "raw01")
+    rows01 = _labelled_log(raw01, "click", lambda u, k: int((u * k) % 3 == 0))
+    m01 = converters.convert("lab01", raw01, str(tmp_path / "lab01"), log=quiet)
+    assert m01["stats"]["positives"] == sum(v for *_, v in rows01)
+
+
+def test_generic_auto_vectors_use_an_item_list_beside_them_and_cut_events_are_warned(tmp_path):
+    raw = str(tmp_path / "raw")
+    fx = make_generic(raw)
+    ids = [f"item{k}" for k in range(0, 30, 3)]  # rows of the vector file follow this list, not items.csv
+    vec = np.arange(len(ids) * 5, dtype=np.float32).reshape(-1, 5) + 1
+    np.save(os.path.join(raw, "text_vectors.npy"), vec)
+    with open(os.path.join(raw, "text_vectors.items.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    msgs = []
+    out = str(tmp_path / "auto")
+    m = converters.convert("auto", raw, out, overrides={"max_behaviors": 6}, log=msgs.append)
+    items = converters.load_id_map(out, "item_id")
+    t = Dataset(out).tables["text"]
+    for k in range(1, len(items)):
+        if items[k] in ids:
+            np.testing.assert_array_equal(t.values[k], vec[ids.index(items[k])])
+        else:
+            assert not t.present[k]
+    assert m["tables"]["image"]["dim"] == fx["image"].shape[1]  # no list beside it: items.csv rows, as before
+    per_user = collections.Counter(u for u, _, _ in fx["events"])
+    cut = sum(max(0, c - 6) for c in per_user.values() if c >= 5)
+    assert cut > 0 and m["stats"]["events_beyond_max_behaviors"] == cut
+    assert any("warning: only the 6 most recent events" in x and f"{cut} of" in x and "--max_behaviors=0" in x
+               for x in msgs)

@@ -61,8 +61,10 @@ def amazon_stem_from_files(raw_dir: Optional[str]) -> Optional[str]:
     return None
 
 
-def default_protocol(converter: str, seq_len: int = 50, seed: int = 0) -> ProtocolConfig:
-    if converter == "movielens":
+def default_protocol(converter: str, seq_len: int = 50, seed: int = 0, labelled: bool = False) -> ProtocolConfig:
+    """The DIN protocol for logs of behaviours (every row a click), the time-fraction protocol for logs with real
+    labels (MovieLens ratings; a generic log with a label column)."""
+    if converter == "movielens" or labelled:
         return ProtocolConfig(seq_len=seq_len, min_behaviors=5, max_behaviors=0, split="fraction",
                               negatives="none", history="positive", target_min_pos=0, seed=seed)
     return ProtocolConfig(seq_len=seq_len, min_behaviors=5, max_behaviors=50, split="din", negatives="uniform",
@@ -105,7 +107,9 @@ def convert(dataset: str, raw_dir: Optional[str], out_dir: str, *, converter: st
     """
     raw_dir = raw_dir or default_raw_dir(dataset)
     kind = converter_for(dataset, converter, raw_dir)
-    proto = protocol or default_protocol(kind)
+    labelled = kind == "generic" and generic.label_column(dataset, raw_dir, generic_options or
+                                                          generic.GenericOptions()) is not None
+    proto = protocol or default_protocol(kind, labelled=labelled)
     if overrides:
         proto = dataclasses.replace(proto, **{k: v for k, v in overrides.items() if v is not None})
     proto.validate()

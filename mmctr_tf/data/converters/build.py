@@ -266,6 +266,11 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
         if not U:
             raise ConversionError(f"dataset '{name}': no user has >= {cfg.min_behaviors} events "
                                   f"({users_read} users, {n_read} events read)")
+        if events_kept < events_in_kept_users:
+            cut = events_in_kept_users - events_kept
+            log(f"[convert] warning: only the {cfg.max_behaviors} most recent events of each user are kept "
+                f"(--max_behaviors={cfg.max_behaviors}): {cut} of {events_in_kept_users} events of the kept users "
+                f"({100.0 * cut / events_in_kept_users:.1f}%) are dropped; --max_behaviors=0 keeps them all")
 
         # Final ids: raw ids of kept users / used items / their attributes in the deterministic order.
         user_final, users_raw = _final_ids(users_sorted, keep_user)

@@ -10,12 +10,18 @@ Columns are found by name (first match), or given with --user_col / --item_col /
 --text_col:
   user: user_id, userId, user, reviewerID, uid          item: item_id, itemId, movieId, item, asin, iid
   time: seq_pos, timestamp, ts, time, unixReviewTime (numeric; without one, file order is the time order)
+  label: label, click, clicked, is_click, rating (optional, numeric; see below)
   category: cate_id, category, categories, attribute_ids, genres, cate   text: text, title, name
 The category value is the first token of `attribute_ids` (space separated) or `genres` (`|` separated), the whole
 value otherwise (or `--category_split` to set the separator); `--category_regex` (one group; its last match) extracts
 it from the category column, or from the text column when there is no category column.
 
-Every row is a positive behaviour; examples follow the DIN protocol (`ProtocolConfig`, split="din").
+Without a label column every row is a positive behaviour and examples follow the DIN protocol (`ProtocolConfig`,
+split="din": one sampled negative per positive). With one (`--label_col`, or a column named as above), every row is
+an impression with its own label: value > `--label_threshold` is a click (the threshold is required unless every
+value is 0 or 1), the other rows are real non-clicks, and examples follow the time-fraction protocol of logs with
+labels (as MovieLens: per user the latest 10% test, the 10% before validation; the history = earlier clicks; no
+sampled negatives). The converter prints how many rows became clicks and non-clicks.
 
 Presets (`--dataset=NAME`) for the real data in shared/data:
   scientific   amazon-scientific/: interactions.csv + items.csv (text "title. category path. brand.") +
@@ -41,13 +47,14 @@ from mmctr_tf.data.converters.events import AttrTable, EventLog, ItemInfo
 from mmctr_tf.data.converters.protocol import ProtocolConfig, WriteConfig
 from mmctr_tf.data.converters.raw_ids import to_bytes_array
 from mmctr_tf.data.converters.reading import ConversionError, LineErrors, RawFilesMissing, id_problem, open_text
-from mmctr_tf.data.converters.vectors import VectorSource
+from mmctr_tf.data.converters.vectors import VectorSource, npy_source
 
 USER_COLS = ("user_id", "userId", "user", "reviewerID", "uid")
 ITEM_COLS = ("item_id", "itemId", "movieId", "item", "asin", "iid")
 TIME_COLS = ("seq_pos", "timestamp", "ts", "time", "unixReviewTime")
 CATE_COLS = ("cate_id", "category", "categories", "attribute_ids", "genres", "cate")
 TEXT_COLS = ("text", "title", "name")
+LABEL_COLS = ("label", "click", "clicked", "is_click", "rating")
 
 PRESETS = {
     "scientific": {"prefix": "", "category_regex": r"Industrial & Scientific ([^.]+)\.",
@@ -70,6 +77,8 @@ class GenericOptions:
     category_split: Optional[str] = None
     category_regex: Optional[str] = None
     text_col: Optional[str] = None
+    label_col: Optional[str] = None
+    label_threshold: Optional[float] = None  # value > threshold is a click; None: the values must be 0 / 1
     auto_vectors: bool = True
 
 
@@ -188,14 +197,29 @@ def _rows_with_header(path: str, errors: LineErrors):
     return rows, [h.strip() for h in header]
 
 
-def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tuple[LineErrors, str]:
+def label_column(dataset: str, raw_dir: Optional[str], opts: GenericOptions) -> Optional[str]:
+    """Name of the interaction log's label column (`--label_col`, else the first of LABEL_COLS in its header), or
+    None when every row is a positive behaviour (also when the log is not found: `convert` reports that)."""
+    path = resolve_files(dataset, raw_dir, opts)["interactions"]
+    if not path or not os.path.isfile(path):
+        return opts.label_col
+    _, header = _rows_with_header(path, LineErrors(path))
+    i = _pick(header, opts.label_col, LABEL_COLS, "label", path, required=False)
+    return None if i is None else header[i]
+
+
+def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tuple[LineErrors, str, Dict[str, int]]:
+    """Reads the log into `events` (with each row's label when `events.with_labels`); returns the errors, the time
+    order used, and the label counts {"clicks", "non_clicks"}."""
     errors = LineErrors(path)
     rows, header = _rows_with_header(path, errors)
     ui = _pick(header, opts.user_col, USER_COLS, "user", path)
     ii = _pick(header, opts.item_col, ITEM_COLS, "item", path)
     ti = _pick(header, opts.time_col, TIME_COLS, "time", path, required=False)
-    need = max(x for x in (ui, ii, ti) if x is not None) + 1
+    li = _pick(header, opts.label_col, LABEL_COLS, "label", path, required=False) if events.with_labels else None
+    need = max(x for x in (ui, ii, ti, li) if x is not None) + 1
     order = f"column '{header[ti]}'" if ti is not None else "file order (no time column)"
+    counts = {"clicks": 0, "non_clicks": 0}
     n = 0
     for lineno, row in rows:
         if not row or (len(row) == 1 and not row[0].strip()):
@@ -217,11 +241,27 @@ def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tupl
                 continue
         else:
             t = float(n)
-        if not events.add(user, item, t):
+        label = None
+        if li is not None:
+            try:
+                value = float(row[li])
+                if value != value:
+                    raise ValueError
+            except ValueError:
+                errors.add(lineno, f"label value {row[li]!r} is not numeric")
+                continue
+            if opts.label_threshold is None and value not in (0.0, 1.0):
+                raise ConversionError(f"{path}: line {lineno}: label column '{header[li]}' holds {row[li]!r}, not "
+                                      f"0 or 1: give --label_threshold (rows whose value is above it are clicks, "
+                                      f"e.g. 3 for 1-5 ratings)")
+            label = int(value > (0.5 if opts.label_threshold is None else opts.label_threshold))
+        if not events.add(user, item, t, label):
             errors.add(lineno, f"user or item id {id_problem(user, item)}")
             continue
+        if label is not None:
+            counts["clicks" if label else "non_clicks"] += 1
         n += 1
-    return errors, order
+    return errors, order, counts
 
 
 def _first_token(value: str, sep: Optional[str]) -> str:
@@ -334,16 +374,26 @@ def convert(dataset: str, raw_dir: Optional[str], out_dir: str, protocol: Protoc
     if opts.items and not os.path.isfile(opts.items):
         raise RawFilesMissing(f"--items={opts.items}: no such file")
     category_regex = opts.category_regex if opts.category_regex is not None else preset.get("category_regex")
+    labelled = label_column(dataset, raw_dir, opts) is not None
+    if labelled != (protocol.split == "fraction"):
+        raise ConversionError(f"{files['interactions']}: a log {'with' if labelled else 'without'} a label column "
+                              f"needs the {'time-fraction' if labelled else 'DIN'} protocol (see docs/datasets.md)")
     log(f"[generic] reading {files['interactions']}")
-    with EventLog(spill_near=out_dir) as events:
+    with EventLog(with_labels=labelled, spill_near=out_dir) as events:
         return _convert(dataset, out_dir, protocol, write, opts, vector_sources, log, files, category_regex, raw_dir,
                         events)
 
 
 def _convert(dataset, out_dir, protocol, write, opts, vector_sources, log, files, category_regex, raw_dir, events):
-    int_err, order = read_interactions(files["interactions"], events, opts)
+    int_err, order, counts = read_interactions(files["interactions"], events, opts)
     log(f"[generic] {len(events)} interactions by {len(events.users)} users on {len(events.items)} items, "
         f"ordered by {order} ({int_err.count} malformed lines)")
+    label_note = {}
+    if events.with_labels:
+        rule = f"> {opts.label_threshold:g}" if opts.label_threshold is not None else "= 1"
+        log(f"[generic] labels from the log (value {rule} is a click): {counts['clicks']} clicks, "
+            f"{counts['non_clicks']} non-clicks (real negatives; no negatives are sampled)")
+        label_note = {"label": f"value {rule} is a click", **counts}
     errs = [int_err]
     info, items_by_row, item_meta = ItemInfo(cate={}), None, {}
     if files["items"]:
@@ -362,13 +412,17 @@ def _convert(dataset, out_dir, protocol, write, opts, vector_sources, log, files
             name = os.path.basename(p)[len(prefix):-len("_vectors.npy")]
             if not name.isidentifier() or any(s.modality == name for s in sources):
                 continue
-            if items_by_row is None:
-                raise ConversionError(f"{p}: vector file found but no {prefix}items.csv to align its rows with")
-            sources.append(VectorSource(name, p, "npy", items=items_by_row, items_file=files["items"]))
+            src = npy_source(name, p)  # an item list beside the file wins, as for --vectors
+            if src.items is None:
+                if items_by_row is None:
+                    raise ConversionError(f"{p}: vector file found but no {prefix}items.csv (nor "
+                                          f"{os.path.basename(p)[:-4]}.items.txt beside it) to align its rows with")
+                src.items, src.items_file = items_by_row, files["items"]
+            sources.append(src)
     return build_dataset(
         out_dir, name=dataset, source=f"generic:{os.path.basename(files['interactions'])}", events=events,
         info=info, protocol=protocol, write=write, vector_sources=sources,
         raw_files={"interactions": files["interactions"], "items": files["items"]}, read_errors=errs,
         extra={"converter": {"name": "generic", "order": order, "category_regex": category_regex,
-                             **item_meta}},
+                             **item_meta, **label_note}},
         log=log)

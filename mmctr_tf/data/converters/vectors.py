@@ -66,18 +66,21 @@ def parse_vector_specs(specs: Sequence[str]) -> List[VectorSource]:
         path, items_file = (rest.rsplit("@", 1) + [None])[:2] if "@" in rest else (rest, None)
         if not os.path.exists(path):
             raise SchemaError(f"--vectors: {path}: no such file (modality '{name}')")
-        if path.endswith(".b"):
-            out.append(VectorSource(name, path, "mcauley"))
-        else:
-            src = VectorSource(name, path, "npy", items_file=items_file)
-            if items_file is None:
-                for cand in (path[:-4] + ".items.txt", path[:-4] + ".items.npy"):
-                    if path.endswith(".npy") and os.path.exists(cand):
-                        src.items_file = cand
-            if src.items_file:
-                src.items = load_item_list(src.items_file)
-            out.append(src)
+        out.append(VectorSource(name, path, "mcauley") if path.endswith(".b") else npy_source(name, path, items_file))
     return out
+
+
+def npy_source(name: str, path: str, items_file: Optional[str] = None) -> VectorSource:
+    """A `.npy` vector source with its item list: `items_file` if given, else `<path minus .npy>.items.txt` /
+    `.items.npy` beside it when present (`items` stays None otherwise: the caller aligns the rows)."""
+    src = VectorSource(name, path, "npy", items_file=items_file)
+    if items_file is None and path.endswith(".npy"):
+        for cand in (path[:-4] + ".items.txt", path[:-4] + ".items.npy"):
+            if os.path.exists(cand):
+                src.items_file = cand
+    if src.items_file:
+        src.items = load_item_list(src.items_file)
+    return src
 
 
 NPY_MAGIC = b"\x93NUMPY"
