@@ -27,6 +27,7 @@ from mmctr_tf.data.tfrecord import find_bad_shard
 from mmctr_tf.evaluation.evaluate import evaluate_split
 from mmctr_tf.models import build_model
 from mmctr_tf.training import callbacks as cb
+from mmctr_tf.training.optimizers import make_optimizer
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -42,6 +43,7 @@ class TrainConfig:
     batch_size: int = 1024  # per replica; the global batch is batch_size * replicas
     learning_rate: float = 1e-3
     lr_decay: float = 0.9  # exponential decay per epoch (staircase)
+    optimizer: str = "adam"  # adam | lazy_adam (mmctr_tf/training/optimizers.py)
     seed: int = 0
     patience: int = 10
     jit_compile: bool = False
@@ -152,7 +154,7 @@ class ClickLoss(keras.losses.Loss):
 def compile_model(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
     lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, decay_steps=steps_per_epoch,
                                                      decay_rate=cfg.lr_decay, staircase=True)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=ClickLoss(),
+    model.compile(optimizer=make_optimizer(cfg.optimizer, lr), loss=ClickLoss(),
                   metrics=[keras.metrics.AUC(num_thresholds=2000, name="auc")], jit_compile=cfg.jit_compile)
 
 
