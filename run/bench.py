@@ -3,14 +3,14 @@
 Measured in the same run, on the same data (`--dataset`, default the synthetic default):
   * the input pipeline (read + batch + parse + prefetch) in examples/s and its ratio to DIN's training speed;
   * for each model and each XLA setting (`--jit=off|on|both`): steady-state training examples/s and ms/step
-    (warm-up steps excluded), the step time as a ratio to DIN's with the same XLA setting, SavedModel inference
-    latency p50/p99 of the named-tensor signature at batch 1 / 256 / 1024, and the peak memory (max RSS) of the
-    process that measured it;
+    (warm-up steps excluded; also the process's CPU time per step, which other jobs on the machine disturb less),
+    the step time as a ratio to DIN's with the same XLA setting, SavedModel inference latency p50/p99 of the
+    named-tensor signature at batch 1 / 256 / 1024, and the peak memory (max RSS) of the process that measured it;
   * on a GPU machine, `--mixed_precision` adds rows trained under Keras' `mixed_float16` policy;
   * `--optimizers=adam,lazy_adam` measures each model with each optimizer (default: `--optimizer`), and
     `--vocab_sizes=5000x4000,1000000x200000` at each vocabulary (users x items): the dataset's ids are sent to ids
     spread over tables of that size (`mmctr_tf.training.bench.spread_vocabulary`), so only the tables' cost changes;
-    the step time is then also given as a ratio to the same model's at the first vocabulary.
+    the step time (wall and CPU) is then also given as a ratio to the same model's at the first vocabulary.
 
 Every (model, setting) is measured in its own child process, so the peak memory belongs to that model alone and one
 model's XLA cache or allocator state cannot slow another. Nothing here asserts a speed: ratios are meaningful only
@@ -83,7 +83,8 @@ def measure_child(spec: str) -> dict:
     lat = serving_latency(r["model"], batches, sample=sample) if batches else []
     return {"model": name, "jit": jit == "on", "precision": precision, "optimizer": optimizer,
             "users": schema.vocab["user_id"] - 1, "items": schema.vocab["item_id"] - 1, "params": r["params"],
-            "examples_per_sec": r["examples_per_sec"], "ms_per_step": r["ms_per_step"], "latency": lat,
+            "examples_per_sec": r["examples_per_sec"], "ms_per_step": r["ms_per_step"],
+            "cpu_ms_per_step": r["cpu_ms_per_step"], "latency": lat,
             "peak_rss_mb": _peak_rss_mb(), "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU"}
 
 
@@ -163,18 +164,22 @@ def main(argv):
     base = {setting(r, "users", "items"): r["ms_per_step"] for r in rows if r["model"] == "din"}
     first_vocab = {}
     for r in rows:  # rows run through the vocabularies in the order given
-        first_vocab.setdefault(setting(r, "model"), r["ms_per_step"])
+        first_vocab.setdefault(setting(r, "model"), r)
     batches = [int(b) for b in FLAGS.latency_batches]
+    by_vocab = ["step time / first vocabulary", "CPU time / first vocabulary"] if len(vocabs) > 1 else []
     headers = (["model", "XLA", "precision", "optimizer", "users", "items", "params", "train ex/s", "ms/step",
-                "step time / DIN"] + (["step time / first vocabulary"] if len(vocabs) > 1 else [])
+                "CPU ms/step", "step time / DIN"] + by_vocab
                + [f"serve ms p50/p99 @{b}" for b in batches] + ["peak RSS MB"])
     table = []
     for r in rows:
+        first = first_vocab[setting(r, "model")]
         r["step_time_vs_din"] = r["ms_per_step"] / base[setting(r, "users", "items")]
-        r["step_time_vs_first_vocab"] = r["ms_per_step"] / first_vocab[setting(r, "model")]
+        r["step_time_vs_first_vocab"] = r["ms_per_step"] / first["ms_per_step"]
+        r["cpu_time_vs_first_vocab"] = r["cpu_ms_per_step"] / first["cpu_ms_per_step"]
         table.append([r["model"], "on" if r["jit"] else "off", r["precision"], r["optimizer"], f"{r['users']:,}",
-                      f"{r['items']:,}", r["params"], r["examples_per_sec"], r["ms_per_step"], r["step_time_vs_din"]]
-                     + ([r["step_time_vs_first_vocab"]] if len(vocabs) > 1 else [])
+                      f"{r['items']:,}", r["params"], r["examples_per_sec"], r["ms_per_step"], r["cpu_ms_per_step"],
+                      r["step_time_vs_din"]]
+                     + ([r["step_time_vs_first_vocab"], r["cpu_time_vs_first_vocab"]] if by_vocab else [])
                      + [f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f}" for x in r["latency"]] + [r["peak_rss_mb"]])
     inp["x_din_training"] = inp["examples_per_sec"] / rows[0]["examples_per_sec"]  # DIN, first setting
     print()

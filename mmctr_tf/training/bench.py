@@ -32,16 +32,18 @@ def input_throughput(files: Sequence[str], schema, batch_size: int, compression:
 
 
 class _StepTimer(keras.callbacks.Callback):
+    """Wall time and this process's CPU time (all threads, user + system) of the steps after `warmup`."""
+
     def __init__(self, warmup: int):
         super().__init__()
-        self.warmup, self.t0, self.t1, self.steps = warmup, None, None, 0
+        self.warmup, self.t0, self.t1, self.c0, self.c1, self.steps = warmup, None, None, None, None, 0
 
     def on_train_batch_end(self, batch, logs=None):
         if batch + 1 == self.warmup:
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
         elif batch + 1 > self.warmup:
             self.steps += 1
-            self.t1 = time.perf_counter()
+            self.t1, self.c1 = time.perf_counter(), time.process_time()
 
 
 def spread_vocabulary(data, users: int, items: int, seed: int = 0):
@@ -94,9 +96,10 @@ def spread_vocabulary(data, users: int, items: int, seed: int = 0):
 def train_throughput(model_name: str, data, hparams: dict, batch_size: int = 1024, steps: int = 30,
                      warmup: int = 5, jit_compile: bool = False, seed: int = 0, optimizer: str = "adam",
                      vocab: Optional[Sequence[int]] = None) -> Dict[str, float]:
-    """Steady-state training examples/s and ms per step of one model on `data`'s training split (warm-up steps,
-    which include tracing/compilation, are excluded), trained with `optimizer` (`--optimizer`); `vocab=(users,
-    items)` measures it at that vocabulary (`spread_vocabulary`)."""
+    """Steady-state training examples/s and ms per step (wall, and CPU time of the process: less sensitive to other
+    jobs on the machine) of one model on `data`'s training split (warm-up steps, which include tracing/compilation,
+    are excluded), trained with `optimizer` (`--optimizer`); `vocab=(users, items)` measures it at that vocabulary
+    (`spread_vocabulary`)."""
     from mmctr_tf.models import build_model
     from mmctr_tf.training.trainer import TrainConfig, compile_model
 
@@ -111,6 +114,7 @@ def train_throughput(model_name: str, data, hparams: dict, batch_size: int = 102
     model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
     dt = timer.t1 - timer.t0
     return {"examples_per_sec": timer.steps * batch_size / dt, "ms_per_step": 1000 * dt / timer.steps,
+            "cpu_ms_per_step": 1000 * (timer.c1 - timer.c0) / timer.steps,
             "params": int(model.count_params()), "model": model}
 
 
