@@ -248,13 +248,15 @@ def test_custom_loop_two_replicas_and_checkpoint_resume(small_dataset, tmp_path)
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
-def test_optimizer_flag_reaches_config_json_and_industrial_config(small_dataset, tmp_path):
-    """--optimizer goes from the flags into TrainConfig, the compiled model and config.json; the industrial config
-    selects lazy_adam."""
+class _OptimizerSeen(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.optimizer = type(self.model.optimizer)
+
+
+def test_optimizer_flag_reaches_config_json(small_dataset, tmp_path):
+    """--optimizer goes from the flags into TrainConfig, the trainer and config.json (the industrial config's choice:
+    tests/test_industrial.py)."""
     with flagsaver.flagsaver():
-        common.FLAGS.unparse_flags()
-        common.FLAGS(common.with_config_files(["prog", "--model=dmae", "--flagfile=configs/dmae_industrial.cfg"]))
-        assert common.train_config().optimizer == "lazy_adam"
         common.FLAGS.unparse_flags()
         common.FLAGS(["prog", "--model=lr", "--optimizer=lazy_adam", f"--dataset={small_dataset}",
                       f"--run_dir={tmp_path / 'r'}", "--epochs=1", "--steps_per_epoch=2", "--batch_size=64",
@@ -262,7 +264,9 @@ def test_optimizer_flag_reaches_config_json_and_industrial_config(small_dataset,
         cfg = common.train_config()
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("sgd", 1e-3)
-    result = train(cfg, {}, log=lambda *a: None)
+    seen = _OptimizerSeen()
+    result = train(cfg, {}, log=lambda *a: None, extra_callbacks=[seen])
+    assert seen.optimizer is LazyAdam
     with open(tmp_path / "r" / "config.json") as f:
         assert json.load(f)["train"]["optimizer"] == "lazy_adam"
     assert np.isfinite(result["test"]["auc"])

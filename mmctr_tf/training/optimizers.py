@@ -25,7 +25,7 @@ in batch order, like the dense conversion of the IndexedSlices), then each touch
 scatter ops of Keras' TF optimizer (`assign_add` / `assign_sub` of an IndexedSlices -> `scatter_add` /
 `scatter_sub`). Under `tf.distribute` the gradient all-reduce of an IndexedSlices concatenates the replicas' rows
 (MirroredStrategy, MultiWorkerMirroredStrategy's all-gather), and the sum above merges rows two replicas share.
-The step compiles with XLA (`--jit_compile`; XLA handles `tf.unique`'s dynamic size).
+The step compiles with XLA (`--jit_compile`, with `tf.unique`'s dynamic size; tested on CPU).
 
 The slots are Adam's own (`momentum`, `velocity`, same names and order), so BackupAndRestore, `tf.train.Checkpoint`
 and `.keras` files hold the same variables as with Adam. Reaching them needs three private members of Keras' Adam,

@@ -235,7 +235,8 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
     write_json_atomic(metrics_path, result)
     t = result["test"]
     log(f"[train] best epoch {result['best_epoch']} (validation); test AUC {t['auc']:.4f} logloss "
-        f"{t['logloss']:.4f} GAUC(user) {t.get('gauc_user', float('nan')):.4f} -> {metrics_path}")
+        f"{t['logloss']:.4f} GAUC(user) {t.get('gauc_user', float('nan')):.4f}"
+        + (f" GAUC(request) {t['gauc_request']:.4f}" if "gauc_request" in t else "") + f" -> {metrics_path}")
     return result
 
 
