@@ -274,11 +274,16 @@ def test_optimizer_flag_reaches_config_json(small_dataset, tmp_path):
 
 def test_installed_keras_is_in_the_range_setup_py_pins():
     """LazyAdam reads Adam's private `_momentums`, `_velocities` and `_get_variable_index` (checked at build): the
-    tests above ran on the installed Keras, which must be the minor version setup.py pins."""
+    tests above ran on the installed Keras, which must be the minor version setup.py pins. It serializes like any
+    Keras optimizer, and refuses amsgrad."""
     with open(os.path.join(REPO, "setup.py")) as f:
         low, high = re.search(r'"keras>=([\d.]+),<([\d.]+)"', f.read()).groups()
     version = tuple(int(x) for x in keras.__version__.split(".")[:2])
     assert tuple(map(int, low.split("."))) <= version < tuple(map(int, high.split(".")))
-    opt = LazyAdam()
+    opt = LazyAdam(_schedule())
     opt.build([keras.Variable(np.zeros((3, 2), "float32"))])
     assert len(opt._momentums) == len(opt._velocities) == 1
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))  # as in a .keras file
+    assert type(clone) is LazyAdam and clone.get_config() == opt.get_config()
+    with pytest.raises(ValueError, match="amsgrad"):
+        LazyAdam(amsgrad=True)

@@ -4,9 +4,9 @@ vocabulary.
 Why a lazy Adam. An embedding lookup's gradient is a `tf.IndexedSlices` (the rows the batch read and their
 gradients), but Keras 3's Adam (`keras.optimizers.Adam.update_step`) computes `m += (g - m) * (1 - beta_1)` and
 `v += (g^2 - v) * (1 - beta_2)` with dense ops, so every step reads and writes the whole table and both of its slots
-(keras-team/keras#19992: `m * (1 - b1)` materialises a table-sized tensor). With 1M users x 16 the step costs ~15x
-an SGD step and grows with the vocabulary, not with the batch. The DMAE paper's industrial setup (10.1M users,
-1.65M items) cannot be trained that way.
+(keras-team/keras#19992: `m * (1 - b1)` materialises a table-sized tensor). On a 1M x 16 table at batch 2048 that
+step took 335 ms against 22 ms for SGD (measured for issue #18), and it grows with the vocabulary, not the batch.
+The DMAE paper's industrial setup (10.1M users, 1.65M items) cannot be trained that way.
 
 `LazyAdam` is `keras.optimizers.Adam` with one change: for a gradient that arrives as `tf.IndexedSlices` (embedding
 tables), m, v and the variable are updated on the rows the batch touched only, with exactly Adam's arithmetic on
