@@ -17,7 +17,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mmctr_tf", "mmctr_tf.*", "run"]),
     install_requires=[
-        "keras>=3.15,<4",
+        # mmctr_tf/training/optimizers.py (LazyAdam) reads three private members of Keras' Adam: checked on 3.15
+        "keras>=3.15,<3.16",
         "numpy>=1.26",
         "absl-py>=2.1",
         "tensorboard>=2.20",  # tensorflow-cpu 2.21 no longer pulls it in; Keras' TensorBoard callback needs it

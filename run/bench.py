@@ -3,10 +3,14 @@
 Measured in the same run, on the same data (`--dataset`, default the synthetic default):
   * the input pipeline (read + batch + parse + prefetch) in examples/s and its ratio to DIN's training speed;
   * for each model and each XLA setting (`--jit=off|on|both`): steady-state training examples/s and ms/step
-    (warm-up steps excluded), the step time as a ratio to DIN's with the same XLA setting, SavedModel inference
-    latency p50/p99 of the named-tensor signature at batch 1 / 256 / 1024, and the peak memory (max RSS) of the
-    process that measured it;
-  * on a GPU machine, `--mixed_precision` adds rows trained under Keras' `mixed_float16` policy.
+    (warm-up steps excluded; also the process's CPU time per step, which other jobs on the machine disturb less),
+    the step time as a ratio to DIN's with the same XLA setting, SavedModel inference latency p50/p99 of the
+    named-tensor signature at batch 1 / 256 / 1024, and the peak memory (max RSS) of the process that measured it;
+  * on a GPU machine, `--mixed_precision` adds rows trained under Keras' `mixed_float16` policy;
+  * `--optimizers=adam,lazy_adam` measures each model with each optimizer (default: `--optimizer`), and
+    `--vocab_sizes=5000x4000,1000000x200000` at each vocabulary (users x items): the dataset's ids are sent to ids
+    spread over tables of that size (`mmctr_tf.training.bench.spread_vocabulary`), so only the tables' cost changes;
+    the step time (wall and CPU) is then also given as a ratio to the same model's at the first vocabulary.
 
 Every (model, setting) is measured in its own child process, so the peak memory belongs to that model alone and one
 model's XLA cache or allocator state cannot slow another. Nothing here asserts a speed: ratios are meaningful only
@@ -33,9 +37,23 @@ flags.DEFINE_enum("jit", "both", ["off", "on", "both"], "Measure without XLA, wi
 flags.DEFINE_bool("mixed_precision", False, "GPU only: also measure under the mixed_float16 policy.")
 flags.DEFINE_float("input_seconds", 5.0, "Seconds of reading for the input-pipeline measurement.")
 flags.DEFINE_string("out", None, "Also write the rows as JSON to this file.")
-flags.DEFINE_string("child", None, "Internal: measure one 'model:jit:precision' and print its JSON.")
+flags.DEFINE_list("optimizers", None, "Optimizers to measure each model with (default: --optimizer).")
+flags.DEFINE_list("vocab_sizes", None, "Vocabularies to measure at, 'USERSxITEMS' each, e.g. 1000000x200000 (at least "
+                  "the dataset's own); the dataset's ids are spread over them. Default: the dataset as it is.")
+flags.DEFINE_string("child", None, "Internal: measure one 'model:jit:precision:optimizer:vocab' and print its JSON.")
 
 RESULT = "BENCH_RESULT "
+
+
+def _vocab(text: str):
+    """'USERSxITEMS' -> (users, items); 'data' (the dataset's own ids, not remapped) -> None."""
+    if text == "data":
+        return None
+    try:
+        users, items = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--vocab_sizes: '{text}' is not USERSxITEMS (e.g. 1000000x200000)") from None
+    return users, items
 
 
 def _peak_rss_mb() -> float:
@@ -52,18 +70,22 @@ def measure_child(spec: str) -> dict:
     from mmctr_tf.data.datasets import Dataset, ensure_dataset
     from mmctr_tf.training.bench import serving_latency, train_throughput
 
-    name, jit, precision = spec.split(":")
+    name, jit, precision, optimizer, vocab = spec.split(":")
     if precision == "mixed_float16":
         keras.mixed_precision.set_global_policy("mixed_float16")
     data = Dataset(ensure_dataset(FLAGS.dataset, FLAGS.data_dir, log=lambda *a: None))
     hparams = common.accepted_model_hparams(name, log=lambda *a: None)
     r = train_throughput(name, data, hparams, FLAGS.batch_size, FLAGS.bench_steps, FLAGS.warmup_steps,
-                         jit_compile=jit == "on")
+                         jit_compile=jit == "on", optimizer=optimizer, vocab=_vocab(vocab))
+    schema = r["model"].schema
     feats, _ = next(iter(data.tf_dataset("test", 1024)))
     sample = {k: v.numpy() for k, v in feats.items()}
-    lat = serving_latency(r["model"], [int(b) for b in FLAGS.latency_batches], sample=sample)
-    return {"model": name, "jit": jit == "on", "precision": precision, "params": r["params"],
-            "examples_per_sec": r["examples_per_sec"], "ms_per_step": r["ms_per_step"], "latency": lat,
+    batches = [int(b) for b in FLAGS.latency_batches]
+    lat = serving_latency(r["model"], batches, sample=sample) if batches else []
+    return {"model": name, "jit": jit == "on", "precision": precision, "optimizer": optimizer,
+            "users": schema.vocab["user_id"] - 1, "items": schema.vocab["item_id"] - 1, "params": r["params"],
+            "examples_per_sec": r["examples_per_sec"], "ms_per_step": r["ms_per_step"],
+            "cpu_ms_per_step": r["cpu_ms_per_step"], "latency": lat,
             "peak_rss_mb": _peak_rss_mb(), "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU"}
 
 
@@ -119,10 +141,25 @@ def main(argv):
     for m in models:
         common.accepted_model_hparams(m)  # unknown models fail (and dropped flags are reported) before measuring
     jits = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[FLAGS.jit]
+    optimizers = FLAGS.optimizers or [FLAGS.optimizer]
+    vocabs = FLAGS.vocab_sizes or ["data"]
+    try:
+        for v in vocabs:
+            _vocab(v)
+    except ValueError as e:
+        return common.fail(f"run.bench: {e}")
+    known = FLAGS["optimizer"].parser.enum_values
+    unknown = sorted(set(optimizers) - set(known))
+    if unknown:
+        return common.fail(f"run.bench: --optimizers: unknown {', '.join(unknown)} (one of {', '.join(known)})")
+
+    def specs_for(precision):
+        return [f"{m}:{j}:{precision}:{o}:{v}" for j in jits for o in optimizers for v in vocabs for m in models]
+
     precisions = ["float32"]
     inp = input_row()
     gpu = False
-    specs = [f"{m}:{j}:float32" for j in jits for m in models]
+    specs = specs_for("float32")
     rows, t0 = [], time.perf_counter()
     print(f"input pipeline ({inp['path']}, {inp['compression']}, batch {FLAGS.batch_size}): "
           f"{inp['examples_per_sec']:,.0f} examples/s", flush=True)
@@ -135,24 +172,35 @@ def main(argv):
         gpu = gpu or r["device"] == "GPU"
         if FLAGS.mixed_precision and gpu and "mixed_float16" not in precisions:
             precisions.append("mixed_float16")
-            specs += [f"{m}:{j}:mixed_float16" for j in jits for m in models]
+            specs += specs_for("mixed_float16")
         i += 1
     if FLAGS.mixed_precision and not gpu:
         print("[bench] --mixed_precision: no GPU here, mixed-precision rows not measured")
 
-    base = {(r["jit"], r["precision"]): r["ms_per_step"] for r in rows if r["model"] == "din"}
-    din_speed = {k: r["examples_per_sec"] for r in rows if r["model"] == "din" for k in [(r["jit"], r["precision"])]}
+    def setting(r, *keys):
+        return tuple(r[k] for k in ("jit", "precision", "optimizer", *keys))
+
+    base = {setting(r, "users", "items"): r["ms_per_step"] for r in rows if r["model"] == "din"}
+    first_vocab = {}
+    for r in rows:  # rows run through the vocabularies in the order given
+        first_vocab.setdefault(setting(r, "model"), r)
     batches = [int(b) for b in FLAGS.latency_batches]
-    headers = (["model", "XLA", "precision", "params", "train ex/s", "ms/step", "step time / DIN"]
+    by_vocab = ["step time / first vocabulary", "CPU time / first vocabulary"] if len(vocabs) > 1 else []
+    headers = (["model", "XLA", "precision", "optimizer", "users", "items", "params", "train ex/s", "ms/step",
+                "CPU ms/step", "step time / DIN"] + by_vocab
                + [f"serve ms p50/p99 @{b}" for b in batches] + ["peak RSS MB"])
     table = []
     for r in rows:
-        key = (r["jit"], r["precision"])
-        r["step_time_vs_din"] = r["ms_per_step"] / base[key]
-        table.append([r["model"], "on" if r["jit"] else "off", r["precision"], r["params"], r["examples_per_sec"],
-                      r["ms_per_step"], r["step_time_vs_din"]]
+        first = first_vocab[setting(r, "model")]
+        r["step_time_vs_din"] = r["ms_per_step"] / base[setting(r, "users", "items")]
+        r["step_time_vs_first_vocab"] = r["ms_per_step"] / first["ms_per_step"]
+        r["cpu_time_vs_first_vocab"] = r["cpu_ms_per_step"] / first["cpu_ms_per_step"]
+        table.append([r["model"], "on" if r["jit"] else "off", r["precision"], r["optimizer"], f"{r['users']:,}",
+                      f"{r['items']:,}", r["params"], r["examples_per_sec"], r["ms_per_step"], r["cpu_ms_per_step"],
+                      r["step_time_vs_din"]]
+                     + ([r["step_time_vs_first_vocab"], r["cpu_time_vs_first_vocab"]] if by_vocab else [])
                      + [f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f}" for x in r["latency"]] + [r["peak_rss_mb"]])
-    inp["x_din_training"] = inp["examples_per_sec"] / din_speed[(False, "float32") if "off" in jits else (True, "float32")]
+    inp["x_din_training"] = inp["examples_per_sec"] / rows[0]["examples_per_sec"]  # DIN, first setting
     print()
     print(f"device: {rows[0]['device']}; dataset {inp['path']}; batch {FLAGS.batch_size}; "
           f"{FLAGS.bench_steps} timed steps after {FLAGS.warmup_steps} warm-up steps")

@@ -33,6 +33,8 @@ flags.DEFINE_integer("epochs", 10, "Maximum epochs.")
 flags.DEFINE_integer("batch_size", 1024, "Per-replica batch size (global = batch_size x replicas).")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_float("lr_decay", 0.9, "Exponential learning-rate decay per epoch.")
+flags.DEFINE_enum("optimizer", "adam", ["adam", "lazy_adam"], "adam (Keras) | lazy_adam (embedding tables updated "
+                  "on the rows a batch touches only; mmctr_tf/training/optimizers.py).")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, data order).")
 flags.DEFINE_integer("patience", 10, "Early stopping: epochs without validation-AUC gain.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
@@ -241,7 +243,7 @@ def train_config(**overrides):
 
     cfg = TrainConfig(model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, run_dir=FLAGS.run_dir,
                       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-                      lr_decay=FLAGS.lr_decay, seed=FLAGS.seed, patience=FLAGS.patience,
+                      lr_decay=FLAGS.lr_decay, optimizer=FLAGS.optimizer, seed=FLAGS.seed, patience=FLAGS.patience,
                       jit_compile=FLAGS.jit_compile, steps_per_epoch=FLAGS.steps_per_epoch,
                       cpu_replicas=FLAGS.cpu_replicas, allow_changed_flags=FLAGS.allow_changed_flags,
                       verbose=int(FLAGS.verbose) if FLAGS.verbose.isdigit() else FLAGS.verbose)

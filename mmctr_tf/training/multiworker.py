@@ -17,9 +17,10 @@ runs the same training as `trainer.train`'s `fit` path with `strategy.run` + `tf
 * non-trainable state that each replica updates from its own batches and Keras never aggregates (BatchNorm moving
   statistics, e.g. inside Dice) is averaged over all replicas after every epoch's steps, so all workers hold the
   same model and validate it on the same statistics;
-* Adam with the same per-epoch staircase decay, AUC(num_thresholds=2000) on train and validation, the same
-  callbacks (`BestCheckpointEarlyStopping` on `val_auc`, `EpochLog`, `NonFiniteGuard`), so the run directory holds
-  the same files: config.json, epochs.jsonl, best.weights.h5, best.json, tensorboard/, metrics.json;
+* the same optimizer (`--optimizer`) with the same per-epoch staircase decay, AUC(num_thresholds=2000) on train
+  and validation, the same callbacks (`BestCheckpointEarlyStopping` on `val_auc`, `EpochLog`, `NonFiniteGuard`), so
+  the run directory holds the same files: config.json, epochs.jsonl, best.weights.h5, best.json, tensorboard/,
+  metrics.json;
 * input: `strategy.distribute_datasets_from_function`; each worker reads its own part of the training and
   validation files (`input_context.input_pipeline_id` of `num_input_pipelines`, see `tfrecord.make_dataset`);
   batches are per replica (`--batch_size`), the global batch is batch_size x all replicas of all workers;
@@ -50,6 +51,7 @@ import keras
 import tensorflow as tf
 
 from mmctr_tf.training import callbacks as cb
+from mmctr_tf.training.optimizers import make_optimizer
 
 BACKUP = "backup"
 
@@ -136,7 +138,7 @@ class CustomLoop:
         self.replicas = strategy.num_replicas_in_sync
         self.global_batch = cfg.batch_size * self.replicas
         with strategy.scope():
-            self.optimizer = keras.optimizers.Adam(learning_rate_schedule)
+            self.optimizer = make_optimizer(cfg.optimizer, learning_rate_schedule)
             self.optimizer.build(model.trainable_variables)
             self.loss = keras.metrics.Mean(name="loss")
             self.auc = keras.metrics.AUC(num_thresholds=2000, name="auc")

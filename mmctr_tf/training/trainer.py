@@ -28,6 +28,7 @@ from mmctr_tf.data.tfrecord import find_bad_shard, tf_error_text
 from mmctr_tf.evaluation.evaluate import evaluate_split
 from mmctr_tf.models import build_model
 from mmctr_tf.training import callbacks as cb
+from mmctr_tf.training.optimizers import make_optimizer
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -43,6 +44,7 @@ class TrainConfig:
     batch_size: int = 1024  # per replica; the global batch is batch_size * replicas
     learning_rate: float = 1e-3
     lr_decay: float = 0.9  # exponential decay per epoch (staircase)
+    optimizer: str = "adam"  # adam | lazy_adam (mmctr_tf/training/optimizers.py)
     seed: int = 0
     patience: int = 10
     jit_compile: bool = False
@@ -211,7 +213,8 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
     # `logloss` is the click loss alone, measured alike on training and validation batches (see `describe_logs`).
     metrics = [keras.metrics.AUC(num_thresholds=2000, name="auc"),
                keras.metrics.MeanMetricWrapper(click_logloss, name="logloss")]
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=ClickLoss(), metrics=metrics, jit_compile=cfg.jit_compile)
+    model.compile(optimizer=make_optimizer(cfg.optimizer, lr), loss=ClickLoss(), metrics=metrics,
+                  jit_compile=cfg.jit_compile)
 
 
 def describe_logs(model) -> str:
@@ -319,7 +322,8 @@ def _train(cfg: TrainConfig, hparams: Optional[dict], run_dir: str, log, extra_c
                            f"{' and '.join(errors)}: fix the data and run the same command again to evaluate")
     t = result["test"]
     log(f"[train] best epoch {result['best_epoch']} (validation); test AUC {t['auc']:.4f} logloss "
-        f"{t['logloss']:.4f} GAUC(user) {t.get('gauc_user', float('nan')):.4f} -> {metrics_path}")
+        f"{t['logloss']:.4f} GAUC(user) {t.get('gauc_user', float('nan')):.4f}"
+        + (f" GAUC(request) {t['gauc_request']:.4f}" if "gauc_request" in t else "") + f" -> {metrics_path}")
     return result
 
 
