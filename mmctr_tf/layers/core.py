@@ -59,6 +59,14 @@ class Dice(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+def make_activation(name: str):
+    if name == "dice":
+        return Dice()
+    if name == "prelu":
+        return PReLU()
+    return keras.layers.Activation(name)
+
+
 @serializable
 class PReLU(keras.layers.Layer):
     """PReLU with one learnable slope per channel (last axis): out = max(0, x) + alpha min(0, x), alpha initialised
@@ -73,14 +81,6 @@ class PReLU(keras.layers.Layer):
 
     def call(self, x):
         return tf.nn.relu(x) - self.alpha * tf.nn.relu(-x)
-
-
-def make_activation(name: str):
-    if name == "dice":
-        return Dice()
-    if name == "prelu":
-        return PReLU()
-    return keras.layers.Activation(name)
 
 
 @serializable
