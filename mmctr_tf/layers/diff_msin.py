@@ -252,75 +252,70 @@ class SynergyDiffusion(keras.layers.Layer):
         return np.sqrt(a).astype(np.float32), np.sqrt(1.0 - a).astype(np.float32), c.astype(np.float32)
 
     def pair_matrix(self):
-        """[M, M] matrix A with A[m, n] = alpha_{m,n} (0 on the diagonal), modality order."""
+        """[M, M] matrix A with A[m, n] = alpha_{m,n} (0 on the diagonal), modality order (formed once per call)."""
         idx = {m: i for i, m in enumerate(self.modalities_)}
         M = len(self.modalities_)
         flat = [idx[m] * M + idx[n] for m, n in self.pairs]
         return tf.reshape(tf.scatter_nd([[f] for f in flat], tf.convert_to_tensor(self.pair_coef), [M * M]), [M, M])
 
-    def denoise(self, x, masks, affine=None):
-        """eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n) for every m; x, masks: lists in modality order;
-        `affine` = the single-key (W, b) of CI (S = 1)."""
+    def denoise(self, x, masks, single=None):
+        """eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n) for every m: x [M, B, S, d] in modality order, masks
+        [M, B, S] bool or None; `single` = (A, W, b) for S = 1: the pair matrix and CI's single-key affine map."""
         if not self.pairs:
-            return [tf.zeros_like(v) for v in x]
-        if affine is not None:  # S = 1: CI(x^m, x^n) = x^n W + b
-            w, b = affine
-            u = dense(tf.stack(x), w, b)  # [M, B, 1, d]
-            eps = tf.einsum("mn,nbsd->mbsd", self.pair_matrix(), u)
-            return tf.unstack(eps, len(x))
+            return tf.zeros_like(x)
+        if single is not None:  # S = 1: CI(x^m, x^n) = x^n W + b, eps_hat = A (x W + b) over the modality axis
+            pair, w, b = single
+            u = dense(x, w, b)
+            return tf.reshape(tf.matmul(pair, tf.reshape(u, [len(self.modalities_), -1])), tf.shape(x))
         idx = {m: i for i, m in enumerate(self.modalities_)}
-        q, k, v = ([self.ci.project(h, which) for h in x] for which in ("query", "key", "value"))
+        xs = tf.unstack(x, len(self.modalities_))
+        q, k, v = ([self.ci.project(h, which) for h in xs] for which in ("query", "key", "value"))
         query = tf.concat([q[idx[m]] for m, _ in self.pairs], axis=0)  # [P * B, H, S, d_k]
         key = tf.concat([k[idx[n]] for _, n in self.pairs], axis=0)
         value = tf.concat([v[idx[n]] for _, n in self.pairs], axis=0)
         vmask = None if masks is None else tf.concat([masks[idx[n]] for _, n in self.pairs], axis=0)
         att = tf.split(self.ci.attend(query, key, value, vmask), len(self.pairs), axis=0)  # P x [B, S, H d_k]
-        mixed, coef = [None] * len(x), [0.0] * len(x)
+        mixed, coef = [None] * len(xs), [0.0] * len(xs)
         for p, (m, _) in enumerate(self.pairs):
             term = self.pair_coef[p] * att[p]
             mixed[idx[m]] = term if mixed[idx[m]] is None else mixed[idx[m]] + term
             coef[idx[m]] = coef[idx[m]] + self.pair_coef[p]
-        return [self.ci.output(o, c) for o, c in zip(mixed, coef)]
+        return tf.stack([self.ci.output(o, c) for o, c in zip(mixed, coef)])
 
     def call(self, tokens, masks=None, training=None, noise=None):
         mods = self.modalities_
-        h = [tf.convert_to_tensor(tokens[m]) for m in mods]
-        mk = None if masks is None else [tf.cast(masks[m], tf.bool) for m in mods]
-        keep = [tf.ones_like(v[..., :1]) if mk is None else tf.cast(mk[i], v.dtype)[..., None]
-                for i, v in enumerate(h)]
-        h = [v * keep[i] for i, v in enumerate(h)]
-        sa, s1a, c = (tf.constant(v, dtype=h[0].dtype) for v in self.step_coefficients())
-        affine = self.ci.single_key_affine() if self.pairs and self.ci.single_key else None
+        h = tf.stack([tf.convert_to_tensor(tokens[m]) for m in mods])  # [M, B, S, d]
+        mk = None if masks is None else tf.stack([tf.cast(masks[m], tf.bool) for m in mods])  # [M, B, S]
+        keep = None if mk is None else tf.cast(mk, h.dtype)[..., None]
+        if keep is not None:
+            h = h * keep
+        sa, s1a, c = (tf.constant(v, dtype=h.dtype) for v in self.step_coefficients())
+        single = (self.pair_matrix(), *self.ci.single_key_affine()) if self.pairs and self.ci.single_key else None
         T = self.steps
         noisy = bool(training)
         if noisy and noise is not None:
-            eps_all = [tf.cast(noise[m], h[0].dtype) for m in mods]
+            eps_all = tf.cast(tf.stack([noise[m] for m in mods], axis=1), h.dtype)  # [T, M, B, S, d]
         elif noisy:
             base = keras.random.randint((2,), 0, 2 ** 30, seed=self.seed_generator, dtype="int32")
 
         def one_step(i, h):
             idx = T - 1 - i  # t = T - i, schedule index t - 1
             sa_t, s1a_t, c_t = tf.gather(sa, idx), tf.gather(s1a, idx), tf.gather(c, idx)
-            x = []
-            for k, v in enumerate(h):
-                xk = sa_t * v
-                if noisy:
-                    if noise is not None:
-                        eps = tf.gather(eps_all[k], i)
-                    else:
-                        seed = tf.stack([base[0] + k, base[1] + tf.cast(i, tf.int32)])
-                        eps = tf.random.stateless_normal(tf.shape(v), seed=seed, dtype=v.dtype)
-                    xk = xk + s1a_t * eps * keep[k]
-                x.append(xk)
-            eps_hat = self.denoise(x, mk, affine)
-            return [((x[k] - c_t * eps_hat[k]) / sa_t) * keep[k] for k in range(len(h))]
+            x = sa_t * h
+            if noisy:
+                eps = (tf.gather(eps_all, i) if noise is not None else
+                       tf.random.stateless_normal(tf.shape(h), seed=tf.stack([base[0], base[1] + tf.cast(i, tf.int32)]),
+                                                  dtype=h.dtype))
+                x = x + s1a_t * (eps if keep is None else eps * keep)
+            h = (x - c_t * self.denoise(x, mk, single)) / sa_t
+            return h if keep is None else h * keep
 
         if self.unroll:
             for i in range(T):
                 h = one_step(tf.constant(i), h)
         else:
-            _, h = tf.while_loop(lambda i, _: i < T, lambda i, hh: (i + 1, one_step(i, list(hh))),
-                                 (tf.constant(0), h), maximum_iterations=T)
+            _, h = tf.while_loop(lambda i, _: i < T, lambda i, hh: (i + 1, one_step(i, hh)), (tf.constant(0), h),
+                                 maximum_iterations=T)
         return {m: h[k] for k, m in enumerate(mods)}
 
     def get_config(self):
