@@ -83,11 +83,13 @@ HPARAM_FLAGS = {
     "alpha_end": flags.DEFINE_float("alpha_end", None, "Diff-MSIN: last alpha_t of the linear schedule."),
     "diffusion_schedule": flags.DEFINE_string("diffusion_schedule", None, "Diff-MSIN: linear (paper) | cosine."),
     "reverse_coef": flags.DEFINE_string("reverse_coef", None, "Diff-MSIN: reverse-step factor, see docs/diff_msin.md."),
-    "tokens_per_vector": flags.DEFINE_integer("tokens_per_vector", None,
-                                              "Diff-MSIN: 0 = attend over history positions; k = split vectors."),
+    "tokens_per_vector": flags.DEFINE_integer("tokens_per_vector", None, "Diff-MSIN: SRC tokens per expert vector "
+                                              "(1 = the paper; 0 = the authors' per-position mode)."),
     "w1": flags.DEFINE_float("w1", None, "Diff-MSIN: weight of L_con (eq. 19)."),
     "w2": flags.DEFINE_float("w2", None, "Diff-MSIN: weight of L_syn (eq. 19)."),
     "syn_margin": flags.DEFINE_float("syn_margin", None, "Diff-MSIN: non-click margin of L_syn (eq. 13)."),
+    "target_vectors": flags.DEFINE_bool("target_vectors", None, "Diff-MSIN: also feed the target's modality vectors "
+                                        "to the prediction MLP (not in the paper)."),
     "cross_layers": flags.DEFINE_integer("cross_layers", None, "Diff-MSIN: DCN cross layers in FDAF (eq. 16)."),
     "use_mfe": flags.DEFINE_bool("use_mfe", None, "Diff-MSIN: false = w/o MFE (with use_src=false: w/o MFE and SRC)."),
     "use_src": flags.DEFINE_bool("use_src", None, "Diff-MSIN: false = w/o SRC."),

@@ -63,8 +63,24 @@ def make_activation(name: str):
     if name == "dice":
         return Dice()
     if name == "prelu":
-        return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25))
+        return PReLU()
     return keras.layers.Activation(name)
+
+
+@serializable
+class PReLU(keras.layers.Layer):
+    """PReLU with one learnable slope per channel (last axis): out = max(0, x) + alpha min(0, x), alpha initialised
+    to 0.25 (He et al. 2015; the PReLU of the DIN paper). `keras.layers.PReLU` learns one slope per element of
+    `input_shape[1:]`, so it cannot be built for [B, L, units] attention activations with an unknown L (the
+    "cannot add new elements of state" crash of `att_activation="prelu"`), and for a known L it would learn a slope
+    per history slot."""
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight(shape=(input_shape[-1],), initializer=keras.initializers.Constant(0.25),
+                                     name="alpha")
+
+    def call(self, x):
+        return tf.nn.relu(x) - self.alpha * tf.nn.relu(-x)
 
 
 @serializable

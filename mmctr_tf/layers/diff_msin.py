@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from mmctr_tf.layers.core import MLP, safe_cosine, serializable
 from mmctr_tf.layers.cross import CrossLayer
-from mmctr_tf.layers.mha import MultiHeadCrossAttention
+from mmctr_tf.layers.mha import MultiHeadCrossAttention, dense
 
 
 # ------------------------------------------------------------------------------------------- pure functions
@@ -125,27 +125,33 @@ class MultimodalExperts(keras.layers.Layer):
       E_expert^sh = mean_m E_share^m                       eq. (5)
       w_m = sigmoid(W_m E_expert^m + b_m)  (vector gate)   eq. (6)
       E^m = w_m * E_expert^m + (1 - w_m) * E_expert^sh     eq. (7)
-    Experts are MLP(units, activation) (paper / SPEC: 128, ReLU).
+    Experts are MLP(units, activation) (paper / SPEC: 128, ReLU). Eq. (6)-(7) are computed for the modalities in
+    `gated` (default: all). In the paper only E^id is read afterwards (eq. 17's query; FDAF, eq. 15, and SRC,
+    §3.4.1, read E_expert^m), so Diff-MSIN gates the ID modality only and builds no gate that nothing reads.
 
     Loss: when training and `con_weight > 0`, registers `con_weight * L_con` (eq. 8-9, `contrastive_loss` over
     specific {sh, id, te, im} and shared {id, te, im}) with `add_loss` and logs the unweighted value in the
     `con_loss` tracker.
 
     call(inputs {m: E_a^m [B, d_m]}) -> {"expert": {m: [B, units]}, "share": {m: ...}, "shared": [B, units],
-                                          "fused": {m: E^m}}
+                                          "fused": {m: E^m for m in gated}, "gate": {m: w_m for m in gated}}
     """
 
     def __init__(self, modalities: Sequence[str] = ("id", "text", "image"), units: int = 128,
-                 activation: str = "relu", con_weight: float = 0.01, **kwargs):
+                 activation: str = "relu", con_weight: float = 0.01, gated: Optional[Sequence[str]] = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.modalities_ = list(modalities)
         self.units = int(units)
         self.activation = activation
         self.con_weight = float(con_weight)
+        self.gated = list(self.modalities_ if gated is None else gated)
+        unknown = sorted(set(self.gated) - set(self.modalities_))
+        if unknown:
+            raise ValueError(f"MultimodalExperts: gated modalities {unknown} are not in {self.modalities_}")
         self.experts = {m: MLP((self.units,), activation, name=f"expert_{m}") for m in self.modalities_}
         self.shared_experts = {m: MLP((self.units,), activation, name=f"shared_expert_{m}") for m in self.modalities_}
-        self.gates = {m: keras.layers.Dense(self.units, activation="sigmoid", name=f"gate_{m}")
-                      for m in self.modalities_}
+        self.gates = {m: keras.layers.Dense(self.units, activation="sigmoid", name=f"gate_{m}") for m in self.gated}
         self.con_loss_tracker = keras.metrics.Mean(name="con_loss")
 
     def call(self, inputs, training=None):
@@ -153,7 +159,7 @@ class MultimodalExperts(keras.layers.Layer):
         share = {m: self.shared_experts[m](inputs[m]) for m in self.modalities_}
         shared = tf.add_n(list(share.values())) / float(len(share))
         fused, gate = {}, {}
-        for m in self.modalities_:
+        for m in self.gated:
             w = gate[m] = self.gates[m](expert[m])
             fused[m] = w * expert[m] + (1.0 - w) * shared
         if training and self.con_weight > 0:
@@ -166,7 +172,7 @@ class MultimodalExperts(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "modalities": list(self.modalities_), "units": self.units,
-                "activation": self.activation, "con_weight": self.con_weight}
+                "activation": self.activation, "con_weight": self.con_weight, "gated": list(self.gated)}
 
 
 # ------------------------------------------------------------------------------------------- SRC
@@ -174,9 +180,10 @@ class MultimodalExperts(keras.layers.Layer):
 class SynergyDiffusion(keras.layers.Layer):
     """Synergistic Relationship Capture, eq. (10)-(11): T steps of noising and cross-modal denoising.
 
-    Each modality m carries a token sequence h^m [B, S, d] (S history positions in the per-position reading SPEC
-    adopts, or S = k tokens cut from one d_e vector). For i = 0..T-1 with t = T - i (reverse order, the noisiest
-    step first):
+    Each modality m carries a token sequence h^m [B, S, d]. The paper (default, `DiffMSIN(tokens_per_vector=1)`)
+    has S = 1: h_0^m = E_expert^m, one d_e vector per modality (§3.4.1). The other readings documented in
+    docs/diff_msin.md give S = k pieces of that vector, or S = L history positions (the authors' code).
+    For i = 0..T-1 with t = T - i (reverse order, the noisiest step first):
       x^m     = sqrt(a_t) h^m + sqrt(1 - a_t) eps^m          eq. (10), eps ~ N(0, I) only when training;
                                                              at inference eps = 0 (deterministic serving)
       eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n)    eq. (11), CI = multi-head attention (query x^m,
@@ -189,17 +196,24 @@ class SynergyDiffusion(keras.layers.Layer):
     alpha_{m,n}: one learnable scalar per ordered pair, initialised to 0.5 (the paper: "learned parameters").
     CI: ONE `MultiHeadCrossAttention(num_heads, hidden // num_heads)` (layers/mha.py) shared by all ordered
     pairs and all T steps: eq. (11) writes a single function CI(h^m, h^n) = Attention(h^m, h^n, h^n), and the
-    pair-specific part is alpha_{m,n} (one denoiser for every step, as in diffusion models). Per step, each
-    modality's query / key / value projections are computed once (not once per pair), the attention cores of
-    all pairs run in one batched call (pairs stacked along the batch axis), and because the output projection
-    is linear, sum_n alpha_{m,n} CI(x^m, x^n) is projected once per modality:
-    (sum_n alpha_{m,n} o_{m,n}) W_o + (sum_n alpha_{m,n}) b_o. Invalid query positions are kept at 0.
+    pair-specific part is alpha_{m,n} (one denoiser for every step, as in diffusion models).
+
+    Cheaper exact forms. S = 1 (the paper): attention over a single key has weight 1, so
+    CI(x^m, x^n) = (x^n W_v + b_v) W_o + b_o = x^n W + b does not depend on x^m, and
+    eps_hat^m = sum_{n != m} alpha_{m,n} (x^n W + b): W = W_v W_o and b are formed once per call, and a step
+    costs one [M B, d] x [d, d] product for the M modalities (the query and key projections do not exist, see
+    layers/mha.py). S > 1: per step each modality's query / key / value projections are computed once (not
+    once per pair), the attention cores of all pairs run in one batched call (pairs stacked along the batch
+    axis), and because the output projection is linear, sum_n alpha_{m,n} CI(x^m, x^n) is projected once per
+    modality: (sum_n alpha_{m,n} o_{m,n}) W_o + (sum_n alpha_{m,n}) b_o. Invalid query positions are kept at 0.
 
     The T steps run in one `tf.while_loop` (`unroll=False`, graph size independent of T, XLA-compilable) or
     unrolled in Python (`unroll=True`); both compute the same function. Noise per step is drawn with
-    `tf.random.stateless_normal` from a per-call seed pair drawn from the layer's `SeedGenerator`.
+    `tf.random.stateless_normal` from a per-call seed pair drawn from the layer's `SeedGenerator`, unless the
+    caller passes it (`noise`, e.g. to check the layer against a reference computation).
 
-    call(tokens {m: [B, S, d]}, masks {m: [B, S] bool} or None, training) -> {m: [B, S, d]}
+    call(tokens {m: [B, S, d]}, masks {m: [B, S] bool} or None, training, noise {m: [T, B, S, d]} or None: eps of
+    loop step i at index i, used in training calls only) -> {m: [B, S, d]}
     """
 
     def __init__(self, modalities: Sequence[str] = ("id", "text", "image"), steps: int = 12,
@@ -223,7 +237,7 @@ class SynergyDiffusion(keras.layers.Layer):
         self.ci = MultiHeadCrossAttention(self.num_heads, max(1, self.hidden // self.num_heads), name="ci")
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def build(self, tokens_shape):
+    def build(self, tokens_shape, masks_shape=None):
         shape = tuple(next(iter(tokens_shape.values())))
         self.pair_coef = None
         if self.pairs:  # a single modality has nothing to interact with: eps_hat = 0
@@ -237,56 +251,71 @@ class SynergyDiffusion(keras.layers.Layer):
         c = np.sqrt(1.0 - a) if self.reverse_coef == "paper" else (1.0 - a) / np.sqrt(1.0 - self.alpha_bars)
         return np.sqrt(a).astype(np.float32), np.sqrt(1.0 - a).astype(np.float32), c.astype(np.float32)
 
-    def denoise(self, x, masks):
-        """eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n) for every m; x, masks: lists in modality order."""
-        if not self.pairs:
-            return [tf.zeros_like(v) for v in x]
+    def pair_matrix(self):
+        """[M, M] matrix A with A[m, n] = alpha_{m,n} (0 on the diagonal), modality order (formed once per call)."""
         idx = {m: i for i, m in enumerate(self.modalities_)}
-        q, k, v = ([self.ci.project(h, which) for h in x] for which in ("query", "key", "value"))
+        M = len(self.modalities_)
+        flat = [idx[m] * M + idx[n] for m, n in self.pairs]
+        return tf.reshape(tf.scatter_nd([[f] for f in flat], tf.convert_to_tensor(self.pair_coef), [M * M]), [M, M])
+
+    def denoise(self, x, masks, single=None):
+        """eps_hat^m = sum_{n != m} alpha_{m,n} CI(x^m, x^n) for every m: x [M, B, S, d] in modality order, masks
+        [M, B, S] bool or None; `single` = (A, W, b) for S = 1: the pair matrix and CI's single-key affine map."""
+        if not self.pairs:
+            return tf.zeros_like(x)
+        if single is not None:  # S = 1: CI(x^m, x^n) = x^n W + b, eps_hat = A (x W + b) over the modality axis
+            pair, w, b = single
+            u = dense(x, w, b)
+            return tf.reshape(tf.matmul(pair, tf.reshape(u, [len(self.modalities_), -1])), tf.shape(x))
+        idx = {m: i for i, m in enumerate(self.modalities_)}
+        xs = tf.unstack(x, len(self.modalities_))
+        q, k, v = ([self.ci.project(h, which) for h in xs] for which in ("query", "key", "value"))
         query = tf.concat([q[idx[m]] for m, _ in self.pairs], axis=0)  # [P * B, H, S, d_k]
         key = tf.concat([k[idx[n]] for _, n in self.pairs], axis=0)
         value = tf.concat([v[idx[n]] for _, n in self.pairs], axis=0)
         vmask = None if masks is None else tf.concat([masks[idx[n]] for _, n in self.pairs], axis=0)
         att = tf.split(self.ci.attend(query, key, value, vmask), len(self.pairs), axis=0)  # P x [B, S, H d_k]
-        mixed, coef = [None] * len(x), [0.0] * len(x)
+        mixed, coef = [None] * len(xs), [0.0] * len(xs)
         for p, (m, _) in enumerate(self.pairs):
             term = self.pair_coef[p] * att[p]
             mixed[idx[m]] = term if mixed[idx[m]] is None else mixed[idx[m]] + term
             coef[idx[m]] = coef[idx[m]] + self.pair_coef[p]
-        return [self.ci.output(o, c) for o, c in zip(mixed, coef)]
+        return tf.stack([self.ci.output(o, c) for o, c in zip(mixed, coef)])
 
-    def call(self, tokens, masks=None, training=None):
+    def call(self, tokens, masks=None, training=None, noise=None):
         mods = self.modalities_
-        h = [tf.convert_to_tensor(tokens[m]) for m in mods]
-        mk = None if masks is None else [tf.cast(masks[m], tf.bool) for m in mods]
-        keep = [tf.ones_like(v[..., :1]) if mk is None else tf.cast(mk[i], v.dtype)[..., None]
-                for i, v in enumerate(h)]
-        h = [v * keep[i] for i, v in enumerate(h)]
-        sa, s1a, c = (tf.constant(v, dtype=h[0].dtype) for v in self.step_coefficients())
+        h = tf.stack([tf.convert_to_tensor(tokens[m]) for m in mods])  # [M, B, S, d]
+        mk = None if masks is None else tf.stack([tf.cast(masks[m], tf.bool) for m in mods])  # [M, B, S]
+        keep = None if mk is None else tf.cast(mk, h.dtype)[..., None]
+        if keep is not None:
+            h = h * keep
+        sa, s1a, c = (tf.constant(v, dtype=h.dtype) for v in self.step_coefficients())
+        single = (self.pair_matrix(), *self.ci.single_key_affine()) if self.pairs and self.ci.single_key else None
         T = self.steps
         noisy = bool(training)
-        base = (keras.random.randint((2,), 0, 2 ** 30, seed=self.seed_generator, dtype="int32")
-                if noisy else None)
+        if noisy and noise is not None:
+            eps_all = tf.cast(tf.stack([noise[m] for m in mods], axis=1), h.dtype)  # [T, M, B, S, d]
+        elif noisy:
+            base = keras.random.randint((2,), 0, 2 ** 30, seed=self.seed_generator, dtype="int32")
 
         def one_step(i, h):
             idx = T - 1 - i  # t = T - i, schedule index t - 1
             sa_t, s1a_t, c_t = tf.gather(sa, idx), tf.gather(s1a, idx), tf.gather(c, idx)
-            x = []
-            for k, v in enumerate(h):
-                xk = sa_t * v
-                if noisy:
-                    seed = tf.stack([base[0] + k, base[1] + tf.cast(i, tf.int32)])
-                    xk = xk + s1a_t * tf.random.stateless_normal(tf.shape(v), seed=seed, dtype=v.dtype) * keep[k]
-                x.append(xk)
-            eps_hat = self.denoise(x, mk)
-            return [((x[k] - c_t * eps_hat[k]) / sa_t) * keep[k] for k in range(len(h))]
+            x = sa_t * h
+            if noisy:
+                eps = (tf.gather(eps_all, i) if noise is not None else
+                       tf.random.stateless_normal(tf.shape(h), seed=tf.stack([base[0], base[1] + tf.cast(i, tf.int32)]),
+                                                  dtype=h.dtype))
+                x = x + s1a_t * (eps if keep is None else eps * keep)
+            h = (x - c_t * self.denoise(x, mk, single)) / sa_t
+            return h if keep is None else h * keep
 
         if self.unroll:
             for i in range(T):
                 h = one_step(tf.constant(i), h)
         else:
-            _, h = tf.while_loop(lambda i, _: i < T, lambda i, hh: (i + 1, one_step(i, list(hh))),
-                                 (tf.constant(0), h), maximum_iterations=T)
+            _, h = tf.while_loop(lambda i, _: i < T, lambda i, hh: (i + 1, one_step(i, hh)), (tf.constant(0), h),
+                                 maximum_iterations=T)
         return {m: h[k] for k, m in enumerate(mods)}
 
     def get_config(self):

@@ -12,6 +12,11 @@ mix heads' outputs linearly before the (linear) output projection.
 
 Masked keys get a large negative logit; a query whose keys are all masked attends uniformly (finite output),
 as Keras' layer does.
+
+A single key (built with value_shape[-2] == 1): the softmax over one logit is 1 for every query and head, so
+MHA(Q, v, v) = (v W_v + b_v) W_o + b_o whatever Q is: an affine map of v (`single_key_affine`). The query and key
+projections cannot influence anything then and are not created; Diff-MSIN's SRC (one pooled vector per modality,
+eq. 11) is this case.
 """
 
 from __future__ import annotations
@@ -24,37 +29,40 @@ import tensorflow as tf
 from mmctr_tf.layers.core import serializable
 
 
+def dense(x, w, b):
+    """x [..., D] @ w [D, E] + b as one 2-D matmul (cheap gradient, unlike einsum on 3-D tensors on CPU)."""
+    shape = tf.shape(x)
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w) + b
+    return tf.reshape(y, tf.concat([shape[:-1], [w.shape[-1]]], 0))
+
 @serializable
 class MultiHeadCrossAttention(keras.layers.Layer):
     """call(query [B, Sq, Dq], value [B, Sk, Dk], value_mask [B, Sk] bool or None) -> [B, Sq, output_dim]
     (output_dim defaults to Dq, like keras.layers.MultiHeadAttention), and with `return_attention_scores` also
-    the attention probabilities [B, heads, Sq, Sk]."""
+    the attention probabilities [B, heads, Sq, Sk]. Built for Sk = 1, it computes the single-key closed form
+    (module docstring) and takes only Sk = 1."""
 
     def __init__(self, num_heads: int = 8, key_dim: int = 16, output_dim=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads, self.key_dim = int(num_heads), int(key_dim)
         self.output_dim = None if output_dim is None else int(output_dim)
+        self.single_key = False
 
     def build(self, query_shape, value_shape=None, value_mask_shape=None):
         value_shape = query_shape if value_shape is None else value_shape
         dq, dk = int(query_shape[-1]), int(value_shape[-1])
         hd = self.num_heads * self.key_dim
         out = self.output_dim or dq
-        self.wq = self.add_weight(shape=(dq, hd), initializer="glorot_uniform", name="query_kernel")
-        self.bq = self.add_weight(shape=(hd,), initializer="zeros", name="query_bias")
-        self.wk = self.add_weight(shape=(dk, hd), initializer="glorot_uniform", name="key_kernel")
-        self.bk = self.add_weight(shape=(hd,), initializer="zeros", name="key_bias")
+        self.single_key = len(value_shape) >= 2 and value_shape[-2] == 1
+        if not self.single_key:
+            self.wq = self.add_weight(shape=(dq, hd), initializer="glorot_uniform", name="query_kernel")
+            self.bq = self.add_weight(shape=(hd,), initializer="zeros", name="query_bias")
+            self.wk = self.add_weight(shape=(dk, hd), initializer="glorot_uniform", name="key_kernel")
+            self.bk = self.add_weight(shape=(hd,), initializer="zeros", name="key_bias")
         self.wv = self.add_weight(shape=(dk, hd), initializer="glorot_uniform", name="value_kernel")
         self.bv = self.add_weight(shape=(hd,), initializer="zeros", name="value_bias")
         self.wo = self.add_weight(shape=(hd, out), initializer="glorot_uniform", name="output_kernel")
         self.bo = self.add_weight(shape=(out,), initializer="zeros", name="output_bias")
-
-    @staticmethod
-    def _dense(x, w, b):
-        """x [..., D] @ w [D, E] + b as one 2-D matmul (cheap gradient, unlike einsum on 3-D tensors on CPU)."""
-        shape = tf.shape(x)
-        y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w) + b
-        return tf.reshape(y, tf.concat([shape[:-1], [w.shape[-1]]], 0))
 
     def _heads(self, x):
         """[B, S, H * d_k] -> [B, H, S, d_k]."""
@@ -64,7 +72,7 @@ class MultiHeadCrossAttention(keras.layers.Layer):
     def project(self, x, which: str):
         """Projection of x for "query", "key" or "value", split into heads [B, H, S, d_k]."""
         w, b = {"query": (self.wq, self.bq), "key": (self.wk, self.bk), "value": (self.wv, self.bv)}[which]
-        return self._heads(self._dense(x, w, b))
+        return self._heads(dense(x, w, b))
 
     def attend(self, q, k, v, value_mask=None, return_weights: bool = False):
         """Heads [B, H, Sq, d_k] x [B, H, Sk, d_k] -> concatenated heads [B, Sq, H * d_k] (before W_o), and the
@@ -82,9 +90,21 @@ class MultiHeadCrossAttention(keras.layers.Layer):
     def output(self, heads, bias_scale=1.0):
         """W_o projection of concatenated heads; `bias_scale` scales b_o (for a weighted sum of several
         attention outputs projected at once: sum_k a_k (o_k W_o + b_o) = (sum_k a_k o_k) W_o + (sum_k a_k) b_o)."""
-        return self._dense(heads, self.wo, bias_scale * self.bo)
+        return dense(heads, self.wo, bias_scale * self.bo)
+
+    def single_key_affine(self):
+        """(W, b) with MHA(Q, v, v) = v W + b for a single key v [.., 1, Dk]: W = W_v W_o, b = b_v W_o + b_o."""
+        return tf.matmul(self.wv, self.wo), tf.linalg.matvec(self.wo, self.bv, transpose_a=True) + self.bo
 
     def call(self, query, value, value_mask=None, return_attention_scores: bool = False):
+        if self.single_key:
+            if value.shape[-2] != 1:
+                raise ValueError(f"{self.name}: built for a single key, called with {value.shape[-2]} keys")
+            w, b = self.single_key_affine()
+            s = tf.shape(query)
+            out = tf.broadcast_to(dense(value, w, b), tf.concat([s[:2], [w.shape[-1]]], 0))
+            weights = tf.ones(tf.stack([s[0], self.num_heads, s[1], 1]), out.dtype)
+            return (out, weights) if return_attention_scores else out
         q, k, v = self.project(query, "query"), self.project(value, "key"), self.project(value, "value")
         heads, weights = self.attend(q, k, v, value_mask, return_weights=True)
         out = self.output(heads)
