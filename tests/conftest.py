@@ -23,7 +23,7 @@ def small_dataset(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("data") / "small")
     # Few users with many impressions each, and a strong category-preference term: a world small enough for CI
     # in which DIN's history attention has something to learn within 3 epochs.
-    cfg = synthetic.SyntheticConfig(num_users=400, num_items=300, impressions_per_user=50, dim=16, seq_len=20,
-                                    max_hist=30, num_shards=2, seed=7, b_cate=2.0)
+    cfg = synthetic.SyntheticConfig(story="attribute", num_users=400, num_items=300, impressions_per_user=50, dim=16,
+                                    seq_len=20, max_hist=30, num_shards=2, seed=7, b_cate=2.0)
     synthetic.build(path, cfg, log=lambda *a: None)
     return path

@@ -301,7 +301,7 @@ def test_jit_compile_fit(data):
 # 4 tokens per expert vector instead of the per-position default, which costs ~5x more per step here).
 CAPABILITY_DATA = dict(num_users=1500, num_items=300, seq_len=10, max_hist=12, impressions_per_user=10,
                        text_attrs=4, image_attrs=4, dim=16, vector_noise=0.3, b_text=1.0, b_image=1.0,
-                       b_synergy=2.0, b_cate=0.5, item_bias_std=0.2, user_bias_std=0.2, seed=0)
+                       b_synergy=2.0, b_cate=0.5, item_bias_std=0.2, user_bias_std=0.2, seed=0, story="attribute")
 CAPABILITY_DM = dict(expert_units=32, num_heads=4, diffusion_steps=4, tokens_per_vector=4)
 CAPABILITY_EPOCHS = 2
 
