@@ -5,12 +5,12 @@ of each split (AUC of the true probabilities against the sampled labels): the ce
 Nothing here reads model code. Two generative stories (`SyntheticConfig.story`):
 
 Story `interest` (the default): interest follows what the user clicked recently, in each modality.
-  * Items have a category (Zipf over categories) and a popularity (Zipf over a random order of the items: a long
-    tail of items that are rarely shown and rarely clicked). In each modality (text, image) an item has a latent
-    content vector z (unit length, `latent_dim`) made of its category's direction, one of `topics_per_cate`
-    topic directions of that category (drawn separately for text and image, so the two modalities disagree on
-    which items are alike) and its own direction: z = unit(0.5 c + 0.8 t + 0.5 e). Expected cosines: 0.78 for
-    two items of one topic, 0.22 for one category, 0 otherwise.
+  * Items have a category (Zipf over `num_cates` categories) and a popularity (Zipf over a random order of the
+    items: a long tail of items that are rarely shown and rarely clicked). In each modality (text, image) an item
+    has a hidden content vector z = unit(0.8 c + 0.6 e) of `latent_dim` dimensions: c the direction of one of
+    `topics` topics, e its own direction. Text and image topics are drawn independently of each other and of the
+    category, so the two modalities disagree on which items are alike. Expected cosines: 0.64 for two items of
+    one topic, 0 otherwise.
   * Frozen vectors are noisy but informative: v = sqrt(dim) z B + N(0, vector_noise^2) per component (B: random
     orthonormal rows, so the signal has unit variance per component), i.e. the cosine of two vectors is about
     cos(z, z') / (1 + vector_noise^2) plus noise. Only the vectors reveal z; ids and categories do not. A
@@ -19,18 +19,20 @@ Story `interest` (the default): interest follows what the user clicked recently,
     probability `stay_rate`, an item of the same text topic or the same image topic (popularity-weighted) as one
     of the user's last 3 clicks, otherwise a new popularity draw (interests drift).
   * An impression at history point tau (the user has made tau clicks) shows a target that is, with probability
-    `related_rate`, related to one of the last 3 clicks as above, otherwise drawn from popularity^0.6. With the
-    last W = min(window, seq_len) clicks before tau weighted by recency^age (age 0 = the latest click),
+    `related_rate`, an item of the text or image topic of one of the last 3 clicks, otherwise any item, both
+    drawn with weights popularity^0.6. With the last W = min(window, seq_len) clicks before tau weighted by
+    recency^age (age 0 = the latest click),
         S_m = sum_a w_a cos(z_m(target), z_m(click_a)) / sum_a w_a            for m = text, image
         F   = sum_a w_a [cate(target) = cate(click_a)] / sum_a w_a
     (all 0 with an empty history), the click probability is
         sigmoid(b0 + a_u + b_pop pop(target) + b_cate F + b_text S_text + b_image S_image
                 + b_synergy max(S_text, 0) max(S_image, 0))
-    with a_u ~ N(0, user_bias_std^2) and pop = the standardised log popularity. The last term is the text-AND-image
-    synergy: it pays only when the recent clicks are alike to the target in both modalities.
-  An ID-only model sees categories and can learn popularity and co-clicks of frequent items; only the vectors tell
-  which tail items are alike. A model that knows this formula but sees only the noisy vectors stays a little below
-  the Bayes AUC (README, "The synthetic default").
+    with a_u ~ N(0, user_bias_std^2) (0 by default) and pop = the log popularity, standardised over the items as
+    they are shown. The last term is the text-AND-image synergy: it pays only when the recent clicks are alike to
+    the target in both modalities.
+  An ID-only model sees categories and can learn popularity and the co-clicks of frequent items; only the vectors
+  tell which tail items are alike. A model that knows this formula but sees only the noisy vectors stays a little
+  below the Bayes AUC (README, "The synthetic default, and what it can show").
 
 Story `attribute` (the earlier generator, kept for the capability tests that build their own worlds):
   * Items have a category (Zipf), a *text attribute* t (e.g. material: "waterproof") and an *image attribute* m
@@ -537,7 +539,8 @@ def _framed_chunks(cfg: SyntheticConfig, schema: Schema, story):
     """Every chunk's `_framed` output, in chunk order; with `cfg.workers` != 1 from a pool of processes (0 = one
     per CPU core), each building the world once and holding at most a few chunks in flight."""
     n = _num_chunks(cfg)
-    workers = min(n, cfg.workers or os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(n, cfg.workers or cores)
     if workers <= 1:
         for c in range(n):
             yield _framed(cfg, schema, _chunk_columns(cfg, story, c))
@@ -569,7 +572,7 @@ def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
         blocks = _framed_chunks(cfg, schema, story)
     else:
         schema, splits, vectors, present, _ = generate(cfg)
-        blocks = iter([_framed(cfg, schema, splits)])
+        blocks = (block for block in [_framed(cfg, schema, splits)])
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -596,6 +599,7 @@ def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
         for w in writers.values():
             w.close()
     except BaseException:
+        blocks.close()  # stops the worker processes
         for w in writers.values():
             w.abort()
         shutil.rmtree(tmp, ignore_errors=True)
