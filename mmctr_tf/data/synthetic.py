@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import copy
 import dataclasses
 import multiprocessing
 import os
@@ -525,19 +526,23 @@ def _framed(cfg: SyntheticConfig, schema: Schema, splits: dict) -> dict:
             for split, cols in splits.items()}
 
 
-_WORKER: dict = {}  # a worker process's world, built once per config
+_WORKER: dict = {}  # a worker process's config, schema and world (set once by `_init_worker`)
 
 
-def _framed_chunk(cfg: SyntheticConfig, c: int) -> dict:
+def _init_worker(cfg: SyntheticConfig, story) -> None:
+    _WORKER.update(cfg=cfg, schema=_schema(cfg), story=story)
+
+
+def _framed_chunk(c: int) -> dict:
     """Chunk c generated and encoded (runs in a worker process)."""
-    if _WORKER.get("cfg") != cfg:
-        _WORKER.update(cfg=cfg, story=_story(cfg, np.random.default_rng(cfg.seed)), schema=_schema(cfg))
-    return _framed(cfg, _WORKER["schema"], _chunk_columns(cfg, _WORKER["story"], c))
+    return _framed(_WORKER["cfg"], _WORKER["schema"], _chunk_columns(_WORKER["cfg"], _WORKER["story"], c))
 
 
 def _framed_chunks(cfg: SyntheticConfig, schema: Schema, story):
     """Every chunk's `_framed` output, in chunk order; with `cfg.workers` != 1 from a pool of processes (0 = one
-    per CPU core), each building the world once and holding at most a few chunks in flight."""
+    per CPU core) that get the world once (without its vector tables) and hold at most a few chunks in flight.
+    The processes are spawned, not forked (the caller may run TensorFlow's threads), so a script calling `build`
+    needs the usual `if __name__ == "__main__":` guard."""
     n = _num_chunks(cfg)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(n, cfg.workers or cores)
@@ -545,11 +550,14 @@ def _framed_chunks(cfg: SyntheticConfig, schema: Schema, story):
         for c in range(n):
             yield _framed(cfg, schema, _chunk_columns(cfg, story, c))
         return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may run TensorFlow's threads
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    light = copy.copy(story)
+    light.vectors = light.present = None  # the workers draw examples; the tables are written here
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                initargs=(cfg, light)) as pool:
         pending = collections.deque()
         for c in range(n):
-            pending.append(pool.submit(_framed_chunk, cfg, c))
+            pending.append(pool.submit(_framed_chunk, c))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:

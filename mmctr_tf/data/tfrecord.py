@@ -223,8 +223,8 @@ def frame_block(columns: Dict[str, np.ndarray], schema: Schema, num_groups: int,
         if name.startswith("hist_") and name != "hist_len" and arr.shape[1:] != (schema.seq_len,):
             raise SchemaError(f"writer: field '{name}' must be [rows, {schema.seq_len}], got {arr.shape}")
         if name in schema.vocab or (name.startswith("hist_") and name[5:] in schema.vocab):
-            bad = (arr < 0) | (arr >= schema.vocab_of(name))
-            nbad = int(bad.sum())
+            bad = arr.view(np.uint64) >= schema.vocab_of(name)  # negative ids are >= 2^63 as uint64
+            nbad = int(np.count_nonzero(bad))
             if nbad:
                 oov[name] = nbad
                 arr = np.where(bad, 0, arr)
@@ -235,14 +235,11 @@ def frame_block(columns: Dict[str, np.ndarray], schema: Schema, num_groups: int,
     groups: List[List[np.ndarray]] = [[] for _ in range(k)]
     for s in range(0, n, encode_rows):  # bounded encoder memory for large blocks
         rows, lengths = frame_records(*_encode({name: a[s:s + encode_rows] for name, a in cols.items()}, schema))
-        group = (s + np.arange(len(lengths))) % k
-        ends = np.cumsum(np.bincount(group, weights=lengths, minlength=k).astype(np.int64))
-        order = np.argsort(group, kind="stable")  # records grouped, in order within a group
-        rows, lengths = rows[order], lengths[order]
-        flat = rows[np.arange(rows.shape[1])[None, :] < lengths[:, None]]
-        for g, (a, b) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
-            if b > a:
-                groups[g].append(flat[a:b])
+        used = np.arange(rows.shape[1])[None, :] < lengths[:, None]
+        for g in range(k):  # row i of this sub-block is record s + i of the block: group (s + i) mod k
+            first = (g - s) % k
+            if first < len(lengths):
+                groups[g].append(rows[first::k][used[first::k]])
     return FramedBlock(groups, n, int(cols["label"].sum()), oov)
 
 
