@@ -4,6 +4,7 @@
   python -m run.make_data --dataset=synthetic_industrial
   python -m run.make_data --dataset=synthetic_scale [--num_users=1000000 --num_items=200000
                           --impressions_per_user=10 --chunk_users=20000]      (chunked: bounded memory)
+  python -m run.make_data --dataset=synthetic_industrial_scale    (DMAE's industrial shape at 1M users, chunked)
   python -m run.make_data --dataset=electro --raw_dir=raw/electro          (books, clothing, home, arts alike)
   python -m run.make_data --dataset=movielens --raw_dir=raw/movielens
   python -m run.make_data --dataset=scientific --raw_dir=../shared/data/amazon-scientific
@@ -21,9 +22,11 @@ import sys
 
 from absl import app, flags
 
+from mmctr_tf.data.summary import print_summary
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "synthetic", "synthetic | synthetic_industrial | synthetic_scale | a real dataset "
-                    "name.")
+flags.DEFINE_string("dataset", "synthetic", "synthetic | synthetic_industrial | synthetic_scale | "
+                    "synthetic_industrial_scale | a real dataset name.")
 flags.DEFINE_string("data_dir", "tfrecords", "Where converted datasets live.")
 flags.DEFINE_string("raw_dir", None, "Folder with the raw files of a real dataset.")
 flags.DEFINE_string("out_dir", None, "Output directory (default <data_dir>/<dataset>).")
@@ -85,26 +88,6 @@ flags.DEFINE_float("label_threshold", None, "generic: a row whose label value is
                    "are real non-clicks (needed unless the labels are 0 / 1).")
 
 
-def print_summary(manifest: dict, out_dir: str) -> None:
-    schema = manifest["schema"]
-    print(f"dataset {manifest.get('name')} -> {out_dir}")
-    print(f"  users {schema['vocab']['user_id'] - 1}, items {schema['vocab']['item_id'] - 1}, "
-          f"categories {schema['vocab']['cate_id'] - 1}, seq_len {schema['seq_len']}, modalities {schema['modalities']}")
-    print(f"  {'split':<6} {'examples':>9} {'users':>7} {'pos.rate':>9} {'bayes AUC':>10}  oov")
-    for split, e in manifest["splits"].items():
-        bayes = e.get("bayes_auc")
-        bayes = f"{bayes:10.4f}" if bayes is not None else f"{'-':>10}"
-        print(f"  {split:<6} {e['examples']:>9} {e.get('users', 0):>7} {e.get('positive_rate', 0):>9.4f} {bayes}  "
-              f"{e.get('oov') or '-'}")
-    for m, t in manifest.get("tables", {}).items():
-        print(f"  table {m}: {t['rows']} x {t['dim']} {t['dtype']}, vectors present for {t['present']} items")
-    if "events_read" in manifest.get("stats", {}):
-        from mmctr_tf.data.converters.stats import format_stats
-
-        for line in format_stats(manifest):
-            print(line)
-
-
 def convert_real(out_dir: str, compression: str) -> dict:
     """Dispatches a real dataset to mmctr_tf.data.converters; returns its manifest."""
     from mmctr_tf.data import converters
@@ -160,7 +143,7 @@ def interrupted_state(out_dir: str) -> str:
 
 def make(out_dir: str) -> int:
     compression = "" if FLAGS.compression == "none" else FLAGS.compression
-    if FLAGS.dataset in ("synthetic", "synthetic_industrial", "synthetic_scale"):
+    if FLAGS.dataset in ("synthetic", "synthetic_industrial", "synthetic_scale", "synthetic_industrial_scale"):
         from mmctr_tf.data import synthetic
 
         overrides = {f: FLAGS[f].value for f in ("num_users", "num_items", "num_cates", "impressions_per_user",

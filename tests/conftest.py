@@ -26,8 +26,8 @@ def small_dataset(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("data") / "small")
     # Few users with many impressions each, and a strong category-preference term: a world small enough for CI
     # in which DIN's history attention has something to learn within 3 epochs.
-    cfg = synthetic.SyntheticConfig(num_users=400, num_items=300, impressions_per_user=50, dim=16, seq_len=20,
-                                    max_hist=30, num_shards=2, seed=7, b_cate=2.0)
+    cfg = synthetic.SyntheticConfig(story="attribute", num_users=400, num_items=300, impressions_per_user=50, dim=16,
+                                    seq_len=20, max_hist=30, num_shards=2, seed=7, b_cate=2.0)
     synthetic.build(path, cfg, log=lambda *a: None)
     return path
 
@@ -54,7 +54,7 @@ def lock_holder(target):
 # at its default configuration (the constructor defaults = configs/models/<model>.cfg) with one protocol.
 CAPABILITY_DATA = dict(num_users=1500, num_items=300, seq_len=10, max_hist=12, impressions_per_user=10,
                        text_attrs=4, image_attrs=4, dim=16, vector_noise=0.3, b_text=1.0, b_image=1.0,
-                       b_synergy=2.0, b_cate=0.5, item_bias_std=0.2, user_bias_std=0.2, seed=0)
+                       b_synergy=2.0, b_cate=0.5, item_bias_std=0.2, user_bias_std=0.2, seed=0, story="attribute")
 CAPABILITY_SEEDS = (0, 1, 2)
 CAPABILITY_EPOCHS = 2
 

@@ -10,7 +10,7 @@ from mmctr_tf.data import synthetic
 from mmctr_tf.data import tables as T
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
 from mmctr_tf.data.schema import Schema, SchemaError, read_manifest
-from mmctr_tf.data.tfrecord import ShardedWriter, find_bad_shard, make_dataset, pad_sequences
+from mmctr_tf.data.tfrecord import ShardedWriter, find_bad_shard, make_dataset, masked_crc32c, pad_sequences
 from mmctr_tf.evaluation.metrics import auc
 
 
@@ -46,6 +46,67 @@ def test_round_trip_equals_input(tmp_path, compression):
     a, b = key(cols), key(got)
     for k in cols:
         np.testing.assert_array_equal(np.asarray(cols[k])[a], got[k][b], err_msg=k)
+
+
+def _crc32c_bitwise(data: bytes) -> int:
+    """CRC-32C one bit at a time (RFC 3720 B.4), independent of the writer's table-driven form."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def test_masked_crc32c_matches_bitwise_crc():
+    assert _crc32c_bitwise(b"123456789") == 0xE3069283  # the standard check value
+    rng = np.random.default_rng(5)
+    lengths = np.array([0, 1, 7, 8, 9, 15, 16, 17, 31, 40])
+    rows = rng.integers(0, 256, (len(lengths), 40)).astype(np.uint8)
+    got = masked_crc32c(rows, lengths)
+    for row, n, c in zip(rows, lengths, got):
+        crc = _crc32c_bitwise(row[:n].tobytes())
+        assert int(c) == ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_writer_files_equal_tensorflow_writer_bytes(tmp_path, monkeypatch, compression):
+    """The numpy framing + zlib writer gives byte for byte the files of tf.io.TFRecordWriter (same records, same
+    round-robin over shards), across encoder blocks and write calls."""
+    import tensorflow as tf
+
+    from mmctr_tf.data.tfrecord import encode_examples
+
+    monkeypatch.setattr(ShardedWriter, "ENCODE_ROWS", 7)
+    schema, rng = Schema(seq_len=5, vocab={"user_id": 10, "item_id": 2 ** 20, "cate_id": 4}), np.random.default_rng(6)
+    blocks = [_columns(n, schema.seq_len, rng) for n in (20, 1, 9)]
+    for cols in blocks:  # ids of 1 to 3 varint bytes: records of different lengths
+        cols["item_id"] = rng.integers(1, 2 ** 20, len(cols["label"])) >> rng.integers(0, 20, len(cols["label"]))
+    with ShardedWriter(str(tmp_path), "train", schema, num_shards=3, compression=compression, first_shard=2,
+                       total_shards=6) as w:
+        for cols in blocks:
+            w.write(cols)
+    records = []
+    for cols in blocks:
+        buf, off = encode_examples(cols, schema)
+        records += [buf[a:b] for a, b in zip(off[:-1], off[1:])]
+    assert [os.path.basename(p) for p in w.paths] == [f"train-0000{k}-of-00006.tfrecord" + (".gz" if compression
+                                                                                           else "") for k in (2, 3, 4)]
+    for k, path in enumerate(w.paths):
+        ref = str(tmp_path / f"ref{k}")
+        with tf.io.TFRecordWriter(ref, tf.io.TFRecordOptions(compression_type=compression or "")) as tw:
+            for rec in records[k::3]:
+                tw.write(rec)
+        assert open(path, "rb").read() == open(ref, "rb").read(), path
+
+
+def test_writer_abort_leaves_no_file(tmp_path):
+    schema, rng = _schema(), np.random.default_rng(7)
+    with pytest.raises(RuntimeError):
+        with ShardedWriter(str(tmp_path), "train", schema, num_shards=2) as w:
+            w.write(_columns(10, schema.seq_len, rng))
+            raise RuntimeError("stop")
+    assert os.listdir(tmp_path) == []
 
 
 def test_reader_deterministic_with_seed(tmp_path):
@@ -141,6 +202,73 @@ def test_synthetic_deterministic_and_bayes_auc_in_range():
         assert np.all(split["hist_item_id"][pad] == 0) and np.all(split["hist_item_id"][~pad] > 0)
 
 
+def test_interest_story_click_probability_matches_a_direct_computation():
+    """p_true of the `interest` story recomputed row by row from the examples and the world (latent vectors,
+    popularity, categories, user bias), with loops instead of the generator's batched gathers."""
+    cfg = synthetic.SyntheticConfig(num_users=80, num_items=120, num_cates=6, impressions_per_user=6, seq_len=8,
+                                    window=5, max_hist=14, dim=8, latent_dim=4, seed=2)
+    _, splits, _, _, w = synthetic.generate(cfg)
+    pop = w["pop"][1:]
+    shown = pop ** 0.6 / np.sum(pop ** 0.6)
+    mean = np.sum(shown * np.log(pop))
+    sd = np.sqrt(np.sum(shown * (np.log(pop) - mean) ** 2))
+    checked = 0
+    for split in splits.values():
+        for r in range(len(split["label"])):
+            n, t = int(split["hist_len"][r]), int(split["item_id"][r])
+            recent = [int(h) for h in split["hist_item_id"][r, :n][::-1][:cfg.window]]  # latest first
+            weights = [cfg.recency ** a for a in range(len(recent))]
+            s, f = {}, 0.0
+            for m in ("text", "image"):
+                z = w[f"{m}_latent"]
+                s[m] = sum(wa * float(z[t] @ z[h]) for wa, h in zip(weights, recent)) / sum(weights) if recent else 0.0
+            if recent:
+                f = sum(wa * (w["item_cate"][h] == w["item_cate"][t]) for wa, h in zip(weights, recent)) / sum(weights)
+            logit = (cfg.b0 + w["user_bias"][split["user_id"][r] - 1] + cfg.b_pop * (np.log(w["pop"][t]) - mean) / sd
+                     + cfg.b_cate * f + cfg.b_text * s["text"] + cfg.b_image * s["image"]
+                     + cfg.b_synergy * max(s["text"], 0) * max(s["image"], 0))
+            assert split["p_true"][r] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-6)
+            checked += n > 0
+    assert checked > 300
+
+
+def test_interest_story_vectors_are_noisy_but_informative():
+    cfg = synthetic.SyntheticConfig(num_users=10, num_items=2000, seed=1)
+    _, _, vectors, present, w = synthetic.generate(cfg)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(1, cfg.num_items + 1, (2, 5000))
+    ok = present["image"][a] & present["image"][b] & (a != b)
+    for m in ("text", "image"):
+        v = vectors[m] / np.linalg.norm(vectors[m], axis=1, keepdims=True).clip(1e-12)
+        latent = np.sum(w[f"{m}_latent"][a] * w[f"{m}_latent"][b], 1)[ok]
+        observed = np.sum(v[a] * v[b], 1)[ok]
+        r = np.corrcoef(latent, observed)[0, 1]
+        assert 0.8 < r < 0.99, (m, r)  # informative, not exact
+        # the attenuation of the story's docstring: cos(v, v') ~ cos(z, z') / (1 + noise^2)
+        slope = np.polyfit(latent, observed, 1)[0]
+        assert slope == pytest.approx(1 / (1 + cfg.vector_noise ** 2), rel=0.1), (m, slope)
+
+
+def test_attribute_story_is_the_earlier_generator():
+    """The capability tests' worlds (story="attribute") are the data the generator gave before the interest story:
+    digest of every column and table, recorded with the earlier synthetic.py (commit 9bf919b)."""
+    import hashlib
+
+    cfg = synthetic.SyntheticConfig(story="attribute", num_users=150, num_items=200, seq_len=12, max_hist=16,
+                                    impressions_per_user=6, seed=3)
+    _, splits, vectors, present, _ = synthetic.generate(cfg)
+    h = hashlib.sha256()
+    for split in splits.values():
+        for k in sorted(split):
+            h.update(np.ascontiguousarray(split[k]).tobytes())
+    for m in sorted(vectors):
+        h.update(vectors[m].tobytes() + present[m].tobytes())
+    assert h.hexdigest() == ATTRIBUTE_DIGEST
+
+
+ATTRIBUTE_DIGEST = "4386fd4be2aecbe991d567e27890e2e7486d93b2c264014c42dcc6a4326a7ea6"
+
+
 def test_synthetic_industrial_has_requests_days_and_real_negatives():
     cfg = synthetic.SyntheticConfig(num_users=200, num_items=200, impressions_per_user=12, variant="industrial")
     schema, splits, _, _, _ = synthetic.generate(cfg)
@@ -164,6 +292,28 @@ def test_built_dataset_manifest_and_pipeline(small_dataset):
     feats, label = next(iter(data.tf_dataset("train", 32, shuffle=True, seed=0)))
     assert feats["hist_item_id"].shape == (32, schema.seq_len) and label.shape == (32,)
     assert set(feats) == set(schema.model_inputs)
+
+
+def test_first_use_generation_prints_the_dataset_summary(tmp_path, monkeypatch):
+    """ensure_dataset generating `synthetic` on first use logs make_data's summary: examples per split as counted in
+    the written shards and the Bayes AUC of the true probabilities (recomputed from the generator's columns)."""
+    import tensorflow as tf
+
+    tiny = dict(num_users=200, num_items=80, impressions_per_user=10, dim=8, seq_len=6, max_hist=10, num_shards=1)
+    config_for = synthetic.config_for
+    monkeypatch.setattr(synthetic, "config_for", lambda name, **kw: config_for(name, **{**tiny, **kw}))
+    lines = []
+    path = ensure_dataset("synthetic", str(tmp_path), log=lines.append)
+    _, splits, _, _, _ = synthetic.generate(synthetic.config_for("synthetic"))
+    data = Dataset(path)
+    header = next(i for i, line in enumerate(lines) if "bayes AUC" in line)
+    for i, split in enumerate(("train", "valid", "test")):
+        name, examples, _, _, bayes = lines[header + 1 + i].split()[:5]
+        records = sum(1 for _ in tf.data.TFRecordDataset(data.files(split), compression_type="GZIP"))
+        assert (name, int(examples)) == (split, records)
+        assert float(bayes) == pytest.approx(auc(splits[split]["label"], splits[split]["p_true"]), abs=5e-5)
+    lines.clear()
+    assert ensure_dataset("synthetic", str(tmp_path), log=lines.append) == path and lines == []  # generated once
 
 
 def test_corrupt_shard_error_names_file(tmp_path):

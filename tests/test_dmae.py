@@ -462,7 +462,7 @@ MARGIN = 0.02
 @pytest.mark.slow
 def test_dmae_beats_din_on_synthetic():
     schema, splits, vectors, present, _ = generate(SyntheticConfig(
-        num_users=2000, num_items=1000, seq_len=20, max_hist=30, impressions_per_user=10, seed=0))
+        story="attribute", num_users=2000, num_items=1000, seq_len=20, max_hist=30, impressions_per_user=10, seed=0))
     tables = {m: quantize(vectors[m], present[m]) for m in vectors}
     x = {s: {k: splits[s][k] for k in schema.model_inputs} for s in ("train", "test")}
     aucs = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import os
 
 import numpy as np
@@ -273,5 +274,8 @@ def test_chunked_synthetic_generator(tmp_path):
         assert e["users"] == 1500 and 0.5 < e["bayes_auc"] < 1 and 0 < e["positive_rate"] < 0.5
     feats, label = next(iter(Dataset(out).tf_dataset("train", 64)))
     assert feats["hist_item_id"].shape == (64, 10) and label.shape == (64,)
-    again = synthetic.build(str(tmp_path / "again"), cfg, log=quiet)
-    assert again["splits"] == m["splits"]  # deterministic
+    again = synthetic.build(str(tmp_path / "again"), dataclasses.replace(cfg, workers=2), log=quiet)
+    assert again["splits"] == m["splits"]  # deterministic, whether chunks are made in this process or in two others
+    for f in sorted(os.listdir(out)):
+        if f.endswith(".gz"):
+            assert open(os.path.join(out, f), "rb").read() == open(tmp_path / "again" / f, "rb").read(), f

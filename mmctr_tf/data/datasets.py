@@ -26,9 +26,10 @@ def ensure_dataset(dataset: str, data_dir: str = "tfrecords", log=print) -> str:
         return path
     if dataset in ("synthetic", "synthetic_industrial"):
         from mmctr_tf.data import synthetic
+        from mmctr_tf.data.summary import print_summary
 
         log(f"[data] generating '{dataset}' into {path} (first use)")
-        synthetic.build(path, synthetic.config_for(dataset), log=log)
+        print_summary(synthetic.build(path, synthetic.config_for(dataset), log=log), path, log=log)
         return path
     from mmctr_tf.data.converters import missing_data_message
 

@@ -92,17 +92,21 @@ class Schema:
         return self.vocab[base]
 
     # ----------------------------------------------------------------------------------------------- parsing
+    def feature_names(self, with_label: bool = True) -> List[str]:
+        """The TFRecords' features in `feature_spec` order (the writer's encoding order), without TensorFlow."""
+        names = ["user_id"] + self.item_features + ["hist_len"] + list(self.optional) + self.hist_features
+        return names + ["label"] if with_label else names
+
     def feature_spec(self, with_label: bool = True):
         """`tf.io.parse_example` spec of the TFRecords (fixed-length, parse-after-batch)."""
         import tensorflow as tf
 
         spec = {}
-        for name in ["user_id"] + self.item_features + ["hist_len"] + list(self.optional):
-            spec[name] = tf.io.FixedLenFeature([], tf.int64)
-        for name in self.hist_features:
-            spec[name] = tf.io.FixedLenFeature([self.seq_len], tf.int64)
-        if with_label:
-            spec["label"] = tf.io.FixedLenFeature([], tf.float32)
+        for name in self.feature_names(with_label):
+            if name == "label":
+                spec[name] = tf.io.FixedLenFeature([], tf.float32)
+            else:
+                spec[name] = tf.io.FixedLenFeature([self.seq_len] if name in self.hist_features else [], tf.int64)
         return spec
 
     def serving_spec(self):
