@@ -33,6 +33,8 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over train).")
 flags.DEFINE_integer("cpu_replicas", 1, "On CPU-only hosts, split the CPU into this many MirroredStrategy replicas.")
 flags.DEFINE_string("verbose", "auto", "Keras fit verbosity: auto, 0, 1, 2.")
+flags.DEFINE_list("click_buckets", ["0", "1", "5", "20"], "run.evaluate, run.compare: lower edges of the cold-start "
+                  "buckets of the target item's training clicks (0,1,5,20: 0, 1-4, 5-19, 20+).")
 
 # ------------------------------------------------------------------------------------------- model hparams
 # None = the model's own default. Flags a model does not take are reported, not silently applied.
