@@ -6,7 +6,7 @@ Started again with the same flags (or the same --run_dir), a killed run resumes 
 
 from __future__ import annotations
 
-from absl import app
+from absl import app, flags
 
 from run import common
 
@@ -24,7 +24,7 @@ def main(argv):
     try:
         common.check_hparams(FLAGS.model, hparams)
         train(common.train_config(), hparams)
-    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError) as e:
+    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError, flags.ValidationError) as e:
         return common.fail(f"run.train: {e}")
     return 0
 
