@@ -521,9 +521,9 @@ def plot_report(report: dict, path: str) -> None:
         if lo - pad < 0.5 < hi + pad:
             ax_bar.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="random (AUC 0.5)")
             ax_bar.legend(loc="lower right", fontsize=8)
-        for i, (mu, sd) in enumerate(zip(means, stds)):
-            ax_bar.annotate(f"{mu:.4f}\n±{sd:.4f}", (i, mu + sd), xytext=(0, 4), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=8)
+        for i, (r, mu, sd) in enumerate(zip(rows, means, stds)):
+            ax_bar.annotate(_pm(r["test"]["auc"]).replace(" ± ", "\n±"), (i, mu + sd), xytext=(0, 4),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=8)
     ax_bar.set_xticks(x)
     ax_bar.set_xticklabels([f"{n}\n(n={r['n_seeds']})" for n, r in zip(names, rows)])
     ax_bar.set_ylabel("test AUC (mean ± std over seeds)")
