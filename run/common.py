@@ -46,6 +46,8 @@ flags.DEFINE_string("verbose", "auto", "Keras fit verbosity: auto, 0, 1, 2.")
 flags.DEFINE_bool("allow_changed_flags", False, "Resume a run with training flags other than those it was started "
                   "with (refused otherwise; --epochs and --patience may always grow); epochs.jsonl records the flags "
                   "in force on every later epoch.")
+flags.DEFINE_list("click_buckets", ["0", "1", "5", "20"], "run.evaluate, run.compare: lower edges of the cold-start "
+                  "buckets of the target item's training clicks (0,1,5,20: 0, 1-4, 5-19, 20+).")
 
 # ------------------------------------------------------------------------------------------- model hparams
 # None = the model's own default. Flags a model does not take are reported, not silently applied.

@@ -3,7 +3,8 @@
 Prints a one-line table and writes `<run_dir>/eval_<split>.json`, which names the dataset; `--dataset` evaluates the
 run on another dataset than its own, with a warning, and records the run's own in `trained_on`. With
 --baseline_run_dir, adds RelaImpr ((AUC - 0.5) / (AUC_base - 0.5) - 1) against that run on the same split. GAUC is
-impression-weighted (see mmctr_tf/evaluation/metrics.py).
+impression-weighted (see mmctr_tf/evaluation/metrics.py). A second table gives AUC and Logloss per bucket of the target item's
+training clicks (--click_buckets).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ flags.DEFINE_string("split", "test", "train | valid | test.")
 flags.DEFINE_string("baseline_run_dir", None, "Run to compute RelaImpr against (evaluated on the same split).")
 
 
-def evaluate_run(run_dir: str, split: str, dataset=None, batch_size: int = 4096, warn=None) -> dict:
+def evaluate_run(run_dir: str, split: str, dataset=None, batch_size: int = 4096, warn=None,
+                 click_buckets=None) -> dict:
     """Metrics of the run's best checkpoint on `split` of its own dataset, or of `dataset` (a name or path): then the
     result records the dataset the run was trained on, and `warn` (default: print to stderr) is told."""
     from mmctr_tf.data.datasets import Dataset, dataset_dir, ensure_dataset
@@ -41,7 +43,7 @@ def evaluate_run(run_dir: str, split: str, dataset=None, batch_size: int = 4096,
         (warn or (lambda m: print(m, file=sys.stderr)))(
             f"run.evaluate: warning: {run_dir} was trained on {trained_on}; evaluating it on {path}{schema}")
         out["trained_on"] = trained_on
-    return {**out, **evaluate_split(model, data, split, batch_size)}
+    return {**out, **evaluate_split(model, data, split, batch_size, click_buckets)}
 
 
 def main(argv):
@@ -53,11 +55,11 @@ def main(argv):
         return common.fail(f"run.evaluate: {bad}")
     common.quiet_tf()
     from mmctr_tf.data.schema import write_json_atomic
-    from mmctr_tf.evaluation.metrics import rela_impr
+    from mmctr_tf.evaluation.metrics import check_click_buckets, rela_impr
 
     ds = FLAGS.dataset if FLAGS["dataset"].present else None
     try:
-        res = evaluate_run(FLAGS.run_dir, FLAGS.split, ds)
+        res = evaluate_run(FLAGS.run_dir, FLAGS.split, ds, click_buckets=check_click_buckets(FLAGS.click_buckets))
         if FLAGS.baseline_run_dir:
             base = evaluate_run(FLAGS.baseline_run_dir, FLAGS.split, ds)
             if os.path.realpath(base["data_path"]) != os.path.realpath(res["data_path"]):
@@ -76,6 +78,11 @@ def main(argv):
     print("|---|---|" + "---|" * len(shown))
     print(f"| {res['model']} | {FLAGS.split} | " + " | ".join(
         f"{res[c]:.4f}" if isinstance(res[c], float) else str(res[c]) for c in shown) + " |")
+    cold = res["cold_start"]
+    print(f"\nCold start (clicks = {cold['definition']}):")
+    print("| clicks | examples | positives | auc | logloss |\n|---|---|---|---|---|")
+    for b in cold["buckets"]:
+        print(f"| {b['bucket']} | {b['examples']} | {b['positives']} | {b['auc']:.4f} | {b['logloss']:.4f} |")
     print(json.dumps(res, sort_keys=True))
     return 0
 

@@ -6,7 +6,7 @@ Started again with the same flags (or the same --run_dir), a killed run resumes 
 
 from __future__ import annotations
 
-from absl import app
+from absl import app, flags
 
 from run import common
 
@@ -32,7 +32,7 @@ def main(argv):
     try:
         common.check_hparams(FLAGS.model, hparams)
         train(cfg, hparams)
-    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError, LockHeld) as e:
+    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError, LockHeld, flags.ValidationError) as e:
         return common.fail(f"run.train: {e}")
     except KeyboardInterrupt:
         return common.fail(f"run.train: interrupted; {interrupted_state(cfg.resolved_run_dir(), cfg.epochs)}", 130)

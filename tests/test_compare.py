@@ -1,4 +1,5 @@
-"""run.compare (multi-seed sweep, resume, aggregation, reports) and run.inspect (per-example model internals)."""
+"""run.compare (multi-seed sweep, resume, aggregation, cold-start buckets, reports) and run.inspect (per-example model
+internals)."""
 
 import dataclasses
 import json
@@ -8,12 +9,16 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl.testing import flagsaver
 
+from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.evaluation import compare as C
 from mmctr_tf.evaluation import inspect as I
+from mmctr_tf.evaluation import metrics as M
+from mmctr_tf.evaluation.evaluate import predict_split, training_clicks
 from mmctr_tf.evaluation.metrics import rela_impr
-from mmctr_tf.training.trainer import TrainConfig, train
+from mmctr_tf.training.trainer import TrainConfig, load_run, train
 from run import common
 from run import compare as compare_cli
 from run import inspect as inspect_cli
@@ -99,9 +104,13 @@ def test_report_files_and_json_equal_the_runs_metrics(sweep):
             assert row["test"][key]["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
         assert row["params"] == ms[0]["params"] and row["best_epochs"] == [x["best_epoch"] for x in ms]
         assert [len(r["val_auc_curve"]) for r in row["runs"]] == [2, 2]
+        # converged = the best epoch is not the last one trained (2 epochs each here)
+        assert row["converged"] == [x["best_epoch"] < x["epochs_run"] for x in ms]
     din_auc, mm_auc = rows["din"]["test"]["auc"]["mean"], rows["mm_concat"]["test"]["auc"]["mean"]
     assert rows["mm_concat"]["rela_impr"]["of_means"] == pytest.approx((mm_auc - 0.5) / (din_auc - 0.5) - 1)
-    assert rows["din"]["rela_impr"]["of_means"] == pytest.approx(0.0)
+    paired = [(m["test"]["auc"] - 0.5) / (d["test"]["auc"] - 0.5) - 1
+              for m, d in zip(_run_metrics(out, "mm_concat"), _run_metrics(out, "din"))]
+    assert rows["mm_concat"]["rela_impr"]["seed_paired"]["values"] == pytest.approx(paired, abs=1e-12)
     md = open(os.path.join(out, "report.md")).read()
     assert "second" in md and "impression-weighted" in md and "RelaImpr vs DIN" in md
     assert f"{din_auc:.4f} ± {rows['din']['test']['auc']['std']:.4f}" in md
@@ -150,10 +159,82 @@ def test_cli_rebuilds_the_report_from_finished_runs(sweep, small_dataset, monkey
         common.parse_for_several_models(argv)
         assert compare_cli.main([]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("finished already, skipped") == 4 and "| din | 0.001 | 2 |" in printed
+    assert printed.count("finished already, skipped") == 4 and "| din | 0.001 | 256 | 2 |" in printed
     with open(os.path.join(sweep["out"], "report.json")) as f:
         rep = json.load(f)
     assert rep["command"].startswith("python -m run.compare --dataset=") and "--seeds=2" in rep["command"]
+
+
+def test_cli_rescores_the_cold_start_buckets_for_other_edges(sweep, small_dataset, train_clicks, monkeypatch, capsys):
+    """metrics.json has the default buckets; other --click_buckets re-score the selected runs' best checkpoints."""
+    data = Dataset(small_dataset)
+    test_clicks = train_clicks[np.concatenate([f["item_id"].numpy() for f, _ in data.tf_dataset("test", 4096)])]
+    cut = max(1, int(np.median(test_clicks)))
+    argv = _cli_argv(small_dataset, sweep["out"], f"--click_buckets=0,{cut}")
+    monkeypatch.setattr(sys, "argv", ["/x/run/compare.py"] + argv[1:])
+    with flagsaver.flagsaver():
+        common.parse_for_several_models(argv)
+        assert compare_cli.main([]) == 0
+    assert f"| model | 0-{cut - 1} clicks | {cut}+ clicks |" in capsys.readouterr().out
+    with open(os.path.join(sweep["out"], "report.json")) as f:
+        rep = json.load(f)
+    assert rep["click_buckets"] == [0, cut]
+    buckets = [test_clicks < cut, test_clicks >= cut]
+    for row in rep["models"]:
+        assert [b["examples"] for b in row["cold_start"]["buckets"]] == [int(b.sum()) for b in buckets]
+        runs = [os.path.join(sweep["out"], "runs", f"{row['model']}-s{s}") for s in SEEDS]
+        preds = [predict_split(load_run(r)[0], data, "test") for r in runs]
+        for b, rows in zip(row["cold_start"]["buckets"], buckets):  # the mean over seeds of each re-scored run
+            want = np.mean([M.auc(p["label"][rows], p["prob"][rows]) for p in preds])
+            assert b["auc"]["mean"] == pytest.approx(want, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- cold start
+@pytest.fixture(scope="module")
+def train_clicks(small_dataset):
+    """Clicks per item id counted independently of the project's readers: every training record parsed as a
+    tf.train.Example proto."""
+    data = Dataset(small_dataset)
+    counts = np.zeros(data.schema.vocab_of("item_id"), np.int64)
+    for raw in tf.data.TFRecordDataset(data.files("train"), compression_type=data.compression or ""):
+        f = tf.train.Example.FromString(raw.numpy()).features.feature
+        if f["label"].float_list.value[0] > 0.5:
+            counts[f["item_id"].int64_list.value[0]] += 1
+    return counts
+
+
+def test_training_clicks_and_each_runs_buckets_against_independent_computations(sweep, small_dataset, train_clicks):
+    data = Dataset(small_dataset)
+    np.testing.assert_array_equal(training_clicks(data), train_clicks)
+    assert train_clicks.sum() == data.manifest["splits"]["train"]["positives"]  # the writer's own count
+    with open(os.path.join(sweep["out"], "report.json")) as f:
+        report = json.load(f)
+    for row in report["models"]:
+        per_seed = []
+        for s in SEEDS:
+            run_dir = os.path.join(sweep["out"], "runs", f"{row['model']}-s{s}")
+            with open(os.path.join(run_dir, "metrics.json")) as f:
+                cold = json.load(f)["test"]["cold_start"]  # written by the trainer
+            model, _ = load_run(run_dir)
+            p = predict_split(model, data, "test")
+            clicks = train_clicks[p["item_id"]]
+            assert cold["edges"] == [0, 1, 5, 20]
+            aucs = []
+            for b, lo, hi in zip(cold["buckets"], [0, 1, 5, 20], [1, 5, 20, np.inf]):
+                rows = (clicks >= lo) & (clicks < hi)
+                assert b["examples"] == rows.sum() and b["positives"] == p["label"][rows].sum()
+                want = M.auc(p["label"][rows], p["prob"][rows])
+                assert (np.isnan(b["auc"]) and np.isnan(want)) or b["auc"] == pytest.approx(want, abs=1e-6)
+                aucs.append(want)
+            assert sum(b["examples"] for b in cold["buckets"]) == data.examples("test")
+            per_seed.append(aucs)
+        # the report's per-bucket figure is the mean over seeds of the runs' figures
+        for k, b in enumerate(row["cold_start"]["buckets"]):
+            vals = [a[k] for a in per_seed if np.isfinite(a[k])]
+            assert b["auc"]["n"] == len(vals)
+            if vals:
+                assert b["auc"]["mean"] == pytest.approx(np.mean(vals), abs=1e-6)
+    assert sum(np.isfinite(b["auc"]["mean"] or np.nan) for b in report["models"][0]["cold_start"]["buckets"]) >= 2
 
 
 def test_cli_flags_keep_dataset_config_but_not_one_models_config():
@@ -171,12 +252,13 @@ def test_cli_flags_keep_dataset_config_but_not_one_models_config():
 
 
 # ------------------------------------------------------------------------------------------- hand-made metrics
-def _rec(model, seed, test_auc, valid_auc=0.7, lr=1e-3, **extra):
+def _rec(model, seed, test_auc, valid_auc=0.7, lr=1e-3, batch=1024, **extra):
     metrics = {"test": {"auc": test_auc, "logloss": 0.5 + seed / 100, "gauc_user": test_auc - 0.01},
                "valid": {"auc": valid_auc, "logloss": 0.5}, "params": 100, "best_epoch": 1 + seed,
-               "epochs_run": 2, "train_examples_per_sec": 1000.0 + seed, **extra}
-    return {"model": model, "seed": seed, "learning_rate": lr, "run_dir": f"/r/{model}-{lr}-s{seed}",
-            "status": "ok", "metrics": metrics, "epochs": [{"epoch": 1, "val_auc": valid_auc}]}
+               "epochs_run": 3, "train_examples_per_sec": 1000.0 + seed, **extra}
+    return {"model": model, "seed": seed, "learning_rate": lr, "batch_size": batch,
+            "run_dir": f"/r/{model}-{lr}-{batch}-s{seed}", "status": "ok", "metrics": metrics,
+            "epochs": [{"epoch": 1, "val_auc": valid_auc}]}
 
 
 def test_aggregation_maths():
@@ -192,16 +274,25 @@ def test_aggregation_maths():
     assert dmae["rela_impr"]["seed_paired"]["mean"] == pytest.approx(np.mean(paired))
     assert dmae["train_examples_per_sec"]["mean"] == pytest.approx(1001.0)
     assert dmae["test"]["gauc_request"]["n"] == 0 and dmae["best_epochs"] == [1, 2, 3]
-    assert C.summary([0.5])["std"] == 0.0 and C.summary([None])["mean"] is None
+    assert C.summary([0.5])["std"] is None and C.summary([None])["mean"] is None
     assert rela_impr(0.76, 0.72) == pytest.approx(dmae["rela_impr"]["of_means"])
+    # seed 2's best epoch (3) is its last of 3: not converged, in the table and the notes
+    assert dmae["converged"] == [True, True, False] and dmae["runs"][2]["converged"] is False
+    assert any("dmae: NOT CONVERGED for seed(s) 2" in n for n in rep["notes"])
     md = C.markdown_report(rep)
-    assert "| dmae | 0.001 | 3 | 0.7600 ± 0.0100 |" in md and f"{100 * (0.26 / 0.22 - 1):+.2f}%" in md
-    assert "GAUC (request)" not in md
+    assert "| dmae | 0.001 | 1024 | 3 | 0.7600 ± 0.0100 |" in md and f"{100 * (0.26 / 0.22 - 1):+.2f}%" in md
+    assert "| 1/3, 2/3, 3/3 | **no**: seed 2 |" in md
+    assert "GAUC (request)" not in md and "Cold start" not in md  # hand-made runs have no buckets
+
+    one = C.markdown_report(C.aggregate([_rec("din", 0, 0.7, best_epoch=1)], ["din"]))
+    assert "| din | 0.001 | 1024 | 1 | 0.7000 ± – | 0.5000 ± – |" in one and "± 0.0000" not in one
+    assert "| 1/3 | yes |" in one
 
     weak = C.aggregate([_rec("din", 0, 0.49), _rec("din", 1, 0.47), _rec("dmae", 0, 0.6), _rec("dmae", 1, 0.52)],
                        ["din", "dmae"])
     assert weak["models"][1]["rela_impr"]["of_means"] is None  # AUC_DIN <= 0.5: RelaImpr undefined, not -100%
-    assert any("not meaningful" in n for n in weak["notes"]) and "| dmae | 0.001 | 2 |" in C.markdown_report(weak)
+    assert any("not meaningful" in n for n in weak["notes"])
+    assert "| dmae | 0.001 | 1024 | 2 |" in C.markdown_report(weak)
 
     without_din = C.aggregate([r for r in recs if r["model"] == "dmae"], ["dmae"])
     assert without_din["models"][0]["rela_impr"] is None and without_din["baseline"] is None
@@ -209,24 +300,33 @@ def test_aggregation_maths():
     assert "RelaImpr" not in C.markdown_report(without_din).split("## Notes")[0].split("\n|")[1]
 
 
-def test_learning_rate_grid_selects_on_validation_not_test(tmp_path):
-    # lr 1e-3: worse validation, better test; lr 1e-2: better validation, worse test -> 1e-2 must be selected
-    recs = [_rec("din", s, 0.80, valid_auc=v, lr=1e-3) for s, v in zip([0, 1], [0.70, 0.72])]
-    recs += [_rec("din", s, 0.60, valid_auc=v, lr=1e-2) for s, v in zip([0, 1], [0.75, 0.73])]
+def test_grid_of_learning_rates_and_batch_sizes_selects_on_validation_not_test(tmp_path):
+    # (1e-2, 256): the best validation and the worst test -> it must be selected; the others are better on test
+    valid = {(1e-3, 256): [0.70, 0.72], (1e-3, 1024): [0.71, 0.71], (1e-2, 256): [0.75, 0.73], (1e-2, 1024): [0.6, 0.8]}
+    recs = [_rec("din", s, 0.60 if point == (1e-2, 256) else 0.80, valid_auc=v, lr=point[0], batch=point[1])
+            for point, vs in valid.items() for s, v in zip([0, 1], vs)]
     rep = C.aggregate(recs, ["din"])
     row = rep["models"][0]
-    assert row["selected_learning_rate"] == 1e-2
+    assert (row["learning_rate"], row["batch_size"]) == (1e-2, 256)
     assert row["test"]["auc"]["mean"] == pytest.approx(0.60) and row["seeds"] == [0, 1]
-    grid = {g["learning_rate"]: g["valid_auc"]["mean"] for g in row["lr_grid"]}
-    assert grid == pytest.approx({1e-3: 0.71, 1e-2: 0.74})
+    grid = {(g["learning_rate"], g["batch_size"]): g["valid_auc"]["mean"] for g in row["grid"]}
+    assert grid == pytest.approx({k: np.mean(v) for k, v in valid.items()})
     md = C.markdown_report(rep)
-    assert "Learning-rate grid" in md and "| din | 0.01 | 0.7400 ± 0.0141 | yes |" in md
+    assert "| din | 0.01 | 256 | 2 | 0.6000 ± 0.0000 |" in md
+    mean, std = np.mean([0.75, 0.73]), np.std([0.75, 0.73], ddof=1)
+    assert "## Grid" in md and f"| din | 0.01 | 256 | {mean:.4f} ± {std:.4f} | 1/3, 2/3 | yes |" in md
+    assert "| din | 0.001 | 1024 | 0.7100 ± 0.0000 | 1/3, 2/3 |  |" in md
     paths = C.write_report(rep, str(tmp_path))
-    assert json.load(open(paths["json"]))["models"][0]["lr_grid"][0]["valid_auc"]["values"] == [0.70, 0.72]
-    specs = C.plan_runs(["din"], [0, 1], [1e-3, 1e-2], "out")
-    assert [os.path.basename(s.run_dir) for s in specs] == ["din-lr0.001-s0", "din-lr0.001-s1", "din-lr0.01-s0",
-                                                            "din-lr0.01-s1"]
-    assert os.path.basename(C.plan_runs(["din"], [3], [1e-3], "out")[0].run_dir) == "din-s3"
+    assert json.load(open(paths["json"]))["models"][0]["grid"][0]["valid_auc"]["values"] == [0.70, 0.72]
+    specs = C.plan_runs(["din"], [0, 1], [1e-3, 1e-2], [256, 1024], "out")
+    assert [os.path.basename(s.run_dir) for s in specs[:3]] == ["din-lr0.001-bs256-s0", "din-lr0.001-bs256-s1",
+                                                                "din-lr0.001-bs1024-s0"]
+    assert [(s.learning_rate, s.batch_size) for s in specs[-2:]] == [(1e-2, 1024)] * 2
+    assert [os.path.basename(s.run_dir) for s in C.plan_runs(["din"], [0], [1e-3, 1e-2], [512], "out")] == [
+        "din-lr0.001-s0", "din-lr0.01-s0"]
+    assert os.path.basename(C.plan_runs(["din"], [3], [1e-3], [1024], "out")[0].run_dir) == "din-s3"
+    with pytest.raises(ValueError, match="--batch_sizes lists a value twice"):
+        C.plan_runs(["din"], [0], [1e-3], [256, 256], "out")
 
 
 # ------------------------------------------------------------------------------------------- inspect
@@ -284,7 +384,7 @@ def test_inspect_dmae_distribution_matches_eq10(small_dataset, tmp_path):
         np.testing.assert_allclose(p[0], expected, atol=1e-6)
         segment_share = [np.sum(counted & (np.arange(n) * 4 // n == i)) / counted.sum() for i in range(4)]
         np.testing.assert_allclose(p[0].sum(axis=1), segment_share, atol=1e-6)  # row i = share of segment i
-        assert q.shape == (1, 4, 5) and q[0].sum() == pytest.approx(1.0, abs=1e-5)  # softmax Q
+        assert q.shape == (1, 4, 5)
 
 
 def test_inspect_diff_msin_gates(small_dataset, tmp_path):
@@ -293,9 +393,13 @@ def test_inspect_diff_msin_gates(small_dataset, tmp_path):
     dm = info["diff_msin"]
     np.testing.assert_allclose(dm["prob"], info["prob"], atol=1e-6)  # parts come from the model's own pass
     assert set(dm["mfe_gate"]) == {"id"}  # only E^id of eq. (7) is read afterwards (eq. 17's query)
-    assert all(0.0 < float(v.mean()) < 1.0 for v in dm["mfe_gate"].values())
-    assert list(dm["fdaf_attention"]) == [f"E^{m}" for m in model.modalities] + ["E^sh", "E^syn"]
-    assert sum(float(v[0]) for v in dm["fdaf_attention"].values()) == pytest.approx(1.0, abs=1e-5)
+    names = [f"E^{m}" for m in model.modalities] + ["E^sh", "E^syn"]
+    assert list(dm["fdaf_attention"]) == names
+    # FDAF gates, eq. (14): sigmoid(W E_target^id + b), one d_e-wide gate per auxiliary vector, in numpy
+    target = model.features(inputs, training=False)["target"].numpy()
+    gate = 1.0 / (1.0 + np.exp(-(target @ model.fdaf.gate.kernel.numpy() + model.fdaf.gate.bias.numpy())))
+    for i, n in enumerate(names):
+        np.testing.assert_allclose(dm["fdaf_gate"][n], gate[:, i * 16:(i + 1) * 16], rtol=1e-5, atol=1e-6)
     assert {"text (target attention)", "image (target attention)"} <= set(info["attention"])
     I.render(info, str(tmp_path / "dm.png"), "diff_msin")
     assert os.path.getsize(tmp_path / "dm.png") > 0

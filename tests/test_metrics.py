@@ -1,4 +1,4 @@
-"""Exact AUC / GAUC / Logloss / RelaImpr against brute-force references."""
+"""Exact AUC / GAUC / Logloss / RelaImpr / cold-start buckets against brute-force references."""
 
 import numpy as np
 import pytest
@@ -38,3 +38,30 @@ def test_logloss_and_rela_impr():
     assert M.logloss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
     assert np.isfinite(M.logloss([1, 0], [0.0, 1.0]))
     assert M.rela_impr(0.75, 0.7) == pytest.approx(0.25)
+
+
+def test_click_buckets_equal_the_metrics_of_each_buckets_rows():
+    rng = np.random.default_rng(0)
+    clicks = rng.integers(0, 40, 800)
+    clicks[:60] = 0
+    y = rng.integers(0, 2, 800)
+    s = np.round(rng.random(800), 2)
+    out = M.click_buckets(y, s, clicks)
+    assert out["edges"] == [0, 1, 5, 20] and "training examples' positive labels" in out["definition"]
+    rows = [clicks == 0, (clicks >= 1) & (clicks <= 4), (clicks >= 5) & (clicks <= 19), clicks >= 20]
+    assert [b["bucket"] for b in out["buckets"]] == ["0", "1-4", "5-19", "20+"]
+    for b, r in zip(out["buckets"], rows):
+        p = np.clip(s[r], 1e-7, 1 - 1e-7)
+        assert b["examples"] == r.sum() > 0 and b["positives"] == y[r].sum()
+        assert b["auc"] == pytest.approx(brute_auc(y[r], s[r]), abs=1e-12)
+        assert b["logloss"] == pytest.approx(-np.mean(y[r] * np.log(p) + (1 - y[r]) * np.log(1 - p)), rel=1e-12)
+    # other edges; an empty bucket has no metrics
+    out = M.click_buckets([1, 0, 1], [0.6, 0.4, 0.3], [3, 3, 12], edges=["0", "2", "10", "50"])
+    assert [(b["bucket"], b["min_clicks"], b["max_clicks"], b["examples"]) for b in out["buckets"]] == [
+        ("0-1", 0, 1, 0), ("2-9", 2, 9, 2), ("10-49", 10, 49, 1), ("50+", 50, None, 0)]
+    assert np.isnan(out["buckets"][0]["auc"]) and np.isnan(out["buckets"][0]["logloss"])
+    assert out["buckets"][1]["auc"] == 1.0 and np.isnan(out["buckets"][2]["auc"])  # one class: AUC undefined
+    assert M.bucket_names([0, 1, 2]) == ["0", "1", "2+"]
+    for bad in ([1, 5], [0, 5, 5], ["a"], []):
+        with pytest.raises(ValueError, match="click buckets"):
+            M.check_click_buckets(bad)

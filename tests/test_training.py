@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -236,10 +237,15 @@ def test_export_round_trip_both_signatures(din_run, small_dataset, tmp_path):
     trunc["hist_len"] = np.minimum(batch["hist_len"][:4] + 7, L)
     got = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in long.items()})["probability"]
     np.testing.assert_allclose(got.numpy(), np.asarray(model(trunc, training=False)), atol=1e-6)
-    # saved_model_cli lists both signatures
-    out = subprocess.run(["saved_model_cli", "show", "--all", "--dir", path], capture_output=True, text=True)
-    if out.returncode == 0:
-        assert "serving_default" in out.stdout and "serving_tf_example" in out.stdout
+    # the README's `saved_model_cli show --all` (this interpreter's copy, not whichever one PATH finds) lists both
+    # signatures; serving_default takes exactly the schema's inputs, as int64
+    out = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all", "--dir",
+                          path], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sigs = dict(re.findall(r"signature_def\['(\w+)'\]:\n(.*?)Method name", out.stdout, re.S))
+    assert {"serving_default", "serving_tf_example"} <= set(sigs)
+    inputs = re.findall(r"inputs\['(\w+)'\] tensor_info:\s+dtype: (\w+)", sigs["serving_default"])
+    assert sorted(inputs) == sorted((k, "DT_INT64") for k in data.schema.model_inputs)
 
 
 def test_interrupted_export_keeps_previous_version(din_run, tmp_path, monkeypatch):
@@ -271,12 +277,23 @@ def test_cli_make_data_train_evaluate_export(tmp_path):
     out = sh("run.make_data", "--dataset=synthetic", f"--out_dir={data}", "--num_users=150", "--num_items=100",
              "--impressions_per_user=8", "--seq_len=8", "--dim=8")
     assert "bayes AUC" in out and "train" in out
-    sh("run.train", "--model=din", f"--dataset={data}", f"--run_dir={run}", "--epochs=1", "--batch_size=64",
-       "--emb_dim=4", "--verbose=0")
-    with open(os.path.join(run, "metrics.json")) as f:
-        assert json.load(f)["model"] == "din"
-    out = sh("run.evaluate", f"--run_dir={run}", "--split=valid", f"--baseline_run_dir={run}")
-    assert "| din | valid |" in out and '"rela_impr": 0.0' in out
+    base = str(tmp_path / "base")
+    for run_dir, seed in ((run, 0), (base, 1)):
+        sh("run.train", "--model=din", f"--dataset={data}", f"--run_dir={run_dir}", "--epochs=1", "--batch_size=64",
+           "--emb_dim=4", "--verbose=0", f"--seed={seed}")
+    valid_auc = {}
+    for run_dir in (run, base):
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            m = json.load(f)
+        assert m["model"] == "din"
+        valid_auc[run_dir] = m["valid"]["auc"]
+    assert valid_auc[run] != valid_auc[base]
+    out = sh("run.evaluate", f"--run_dir={run}", "--split=valid", f"--baseline_run_dir={base}")
+    res = json.loads(out.strip().splitlines()[-1])
+    assert "| din | valid |" in out and res["auc"] == pytest.approx(valid_auc[run], abs=1e-6)
+    want = (valid_auc[run] - 0.5) / (valid_auc[base] - 0.5) - 1  # from the trainer's own evaluation of both runs
+    assert res["baseline_auc"] == pytest.approx(valid_auc[base], abs=1e-6)
+    assert res["rela_impr"] == pytest.approx(want, abs=1e-5)
     out = sh("run.export", f"--run_dir={run}", f"--export_dir={tmp_path / 'serving'}")
     assert os.path.exists(tmp_path / "serving" / "1" / "saved_model.pb")
     p = subprocess.run([sys.executable, "-m", "run.train", "--model=din", "--dataset=electro",
@@ -284,4 +301,5 @@ def test_cli_make_data_train_evaluate_export(tmp_path):
     assert p.returncode != 0 and "run.make_data --dataset=electro" in p.stderr
     p = subprocess.run([sys.executable, "-m", "run.train", "--model=din", f"--dataset={data}", "--lambda_dec=0.3"],
                        cwd=REPO, env=env, capture_output=True, text=True)
-    assert p.returncode != 0
+    assert p.returncode != 0 and "--lambda_dec" in p.stderr and "din" in p.stderr and "Traceback" not in p.stderr
+    assert not os.path.exists(os.path.join(REPO, "runs", f"din-{os.path.basename(data)}-s0"))  # refused, not trained

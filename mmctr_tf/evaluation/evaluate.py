@@ -2,28 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Dict
+import os
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from mmctr_tf.evaluation import metrics as M
 
+_CLICKS_CACHE: Dict[tuple, np.ndarray] = {}
+
+
+def training_clicks(data) -> np.ndarray:
+    """int64 [item vocabulary]: clicks of each item id among the training examples' positive labels (the
+    cold-start measure of `metrics.click_buckets`). Reads only `item_id` and `label` of the training split; cached
+    per process for unchanged training files."""
+    files = data.files("train")
+    key = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+    if key not in _CLICKS_CACHE:
+        spec = data.schema.feature_spec(with_label=True)
+        spec = {k: spec[k] for k in ("item_id", "label")}
+        ds = tf.data.TFRecordDataset(files, compression_type=data.compression or "")
+        ds = ds.batch(65536).map(lambda s: tf.io.parse_example(s, spec)).prefetch(2)
+        vocab = data.schema.vocab_of("item_id")
+        counts = np.zeros(vocab, np.int64)
+        for batch in ds:
+            items = batch["item_id"].numpy()[batch["label"].numpy() > 0.5]
+            counts += np.bincount(np.clip(items, 0, vocab - 1), minlength=vocab)
+        _CLICKS_CACHE[key] = counts
+    return _CLICKS_CACHE[key]
+
 
 def predict_split(model, data, split: str, batch_size: int = 4096) -> Dict[str, np.ndarray]:
-    """Returns labels, probabilities, user ids (and request ids when the data has them) of a whole split."""
+    """Returns labels, probabilities, user ids, target item ids (and request ids when the data has them) of a
+    whole split."""
     infer = tf.function(lambda feats: model(feats, training=False), reduce_retracing=True)
-    out = {"label": [], "prob": [], "user_id": [], "request_id": []}
+    out = {"label": [], "prob": [], "user_id": [], "item_id": [], "request_id": []}
     has_request = "request_id" in data.schema.optional
     for feats, label in data.tf_dataset(split, batch_size):
         out["prob"].append(infer(feats).numpy())
         out["label"].append(label.numpy())
         out["user_id"].append(feats["user_id"].numpy())
+        out["item_id"].append(feats["item_id"].numpy())
         if has_request:
             out["request_id"].append(feats["request_id"].numpy())
     return {k: np.concatenate(v) if v else None for k, v in out.items()}
 
 
-def evaluate_split(model, data, split: str, batch_size: int = 4096) -> Dict[str, float]:
+def evaluate_split(model, data, split: str, batch_size: int = 4096,
+                   click_buckets: Optional[Sequence[int]] = M.DEFAULT_CLICK_BUCKETS) -> Dict[str, float]:
+    """`metrics.all_metrics` of a split, plus "cold_start" (`metrics.click_buckets` with these edges; None: none)."""
     p = predict_split(model, data, split, batch_size)
-    return M.all_metrics(p["label"], p["prob"], p["user_id"], p["request_id"])
+    out = M.all_metrics(p["label"], p["prob"], p["user_id"], p["request_id"])
+    if click_buckets is not None:
+        clicks = training_clicks(data)[np.clip(p["item_id"], 0, data.schema.vocab_of("item_id") - 1)]
+        out["cold_start"] = M.click_buckets(p["label"], p["prob"], clicks, click_buckets)
+    return out

@@ -6,11 +6,14 @@
   `gauc_user`, requests for `gauc_request`) that contain both a click and a non-click; single-class groups are
   skipped. (The original DIN code's "GAUC" is different: an unweighted mean over users of 1[pos > neg].)
 * `rela_impr`: RelaImpr = (AUC_model - 0.5) / (AUC_base - 0.5) - 1.
+* `click_buckets`: AUC and Logloss per bucket of the target item's number of training clicks (cold start, dmae.md
+  RQ4): the clicks of an item are its count among the training examples' positive labels (`training_clicks` in
+  evaluate.py); bucket k holds the examples whose target has edges[k] <= clicks < edges[k + 1].
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -74,3 +77,47 @@ def all_metrics(labels, probs, user_ids=None, request_ids: Optional[np.ndarray] 
     if request_ids is not None:
         out["gauc_request"] = gauc(labels, probs, request_ids)
     return out
+
+
+DEFAULT_CLICK_BUCKETS = (0, 1, 5, 20)
+CLICKS_DEFINITION = "clicks of the target item among the training examples' positive labels"
+
+
+def check_click_buckets(edges: Sequence) -> List[int]:
+    """The bucket edges as ints: strictly increasing, the first 0 (so every example falls in a bucket)."""
+    try:
+        out = [int(e) for e in edges]
+    except (TypeError, ValueError):
+        raise ValueError(f"click buckets {list(edges)}: edges must be integers") from None
+    if not out or out[0] != 0 or any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"click buckets {out}: edges must start at 0 and increase strictly (e.g. 0,1,5,20)")
+    return out
+
+
+def bucket_names(edges: Sequence[int]) -> List[str]:
+    """"0", "1-4", "5-19", "20+" for edges 0, 1, 5, 20."""
+    names = []
+    for lo, hi in zip(edges, list(edges[1:]) + [None]):
+        names.append(f"{lo}+" if hi is None else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}")
+    return names
+
+
+def click_buckets(labels, probs, clicks, edges: Sequence[int] = DEFAULT_CLICK_BUCKETS) -> dict:
+    """AUC and Logloss of the examples of each bucket of `clicks` (the target item's training clicks, one per
+    example). Returns {"definition", "edges", "buckets": [{"bucket", "min_clicks", "max_clicks" (None for the
+    last), "examples", "positives", "auc", "logloss"}]}; an empty bucket has NaN metrics, a one-class bucket NaN
+    AUC."""
+    edges = check_click_buckets(edges)
+    y = np.asarray(labels).reshape(-1)
+    p = np.asarray(probs).reshape(-1)
+    which = np.searchsorted(np.asarray(edges), np.asarray(clicks).reshape(-1), side="right") - 1
+    buckets = []
+    for k, name in enumerate(bucket_names(edges)):
+        rows = which == k
+        n = int(rows.sum())
+        buckets.append({"bucket": name, "min_clicks": edges[k],
+                        "max_clicks": edges[k + 1] - 1 if k + 1 < len(edges) else None,
+                        "examples": n, "positives": int((y[rows] > 0.5).sum()),
+                        "auc": auc(y[rows], p[rows]) if n else float("nan"),
+                        "logloss": logloss(y[rows], p[rows]) if n else float("nan")})
+    return {"definition": CLICKS_DEFINITION, "edges": edges, "buckets": buckets}

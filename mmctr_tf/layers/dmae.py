@@ -101,13 +101,6 @@ class SimilarityEncoder(keras.layers.Layer):
         self.dense1.build((None, 2 * d if self.use_sine_cosine else d))
         self.dense2.build((None, 2 * d))
 
-    def discretize(self, r):
-        """eq. (1)-(2): r_d [..., d]."""
-        r = tf.clip_by_value(tf.cast(r, tf.float32), 0.0, 1.0)
-        r_hat = _f32(self.w) * r + _f32(self.b)  # eq. (1)
-        bucket = tf.gather(_f32(self.bucket_emb.embeddings), bucket_index(r, self.num_buckets))
-        return r_hat[..., None] * bucket  # eq. (2)
-
     def call(self, r, mask, hist_len=None):
         r = tf.clip_by_value(tf.cast(r, tf.float32), 0.0, 1.0)
         mask = tf.cast(mask, tf.bool)
