@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -37,10 +39,22 @@ def safe_cosine(a, b, axis: int = -1, eps: float = 1e-12):
     return tf.reduce_sum(a * b, axis=axis)
 
 
+# Dice layers recording their input moments (`recording_dice_moments`): id(layer) -> list of per-call records
+_DICE_RECORDS = {}
+
+
 @serializable
 class Dice(keras.layers.Layer):
     """Dice activation (DIN paper): p = sigmoid(BN(x)) without centre/scale, out = p x + (1 - p) alpha x,
-    per-channel alpha initialised to 0 (SPEC §6)."""
+    per-channel alpha initialised to 0 (SPEC §6).
+
+    Training normalises x with the batch's mean and variance, inference with BN's stored moving ones. Keras'
+    moving averages (momentum 0.99 from a variance of 1) are still far from the inputs' statistics after the few
+    hundred steps of a small dataset, so the trainer re-estimates them on training batches before every
+    validation (`mmctr_tf.training.callbacks.DiceStatistics`). Inside `recording_dice_moments`, this layer
+    normalises with the batch statistics (as in training, the stored ones untouched) and records its input's
+    count and per-channel sum and sum of squares (float64, from the batch moments).
+    """
 
     def __init__(self, epsilon: float = 1e-8, **kwargs):
         super().__init__(**kwargs)
@@ -52,11 +66,40 @@ class Dice(keras.layers.Layer):
         self.bn.build(input_shape)
 
     def call(self, x, training=None):
-        p = tf.sigmoid(self.bn(x, training=training))
+        records = _DICE_RECORDS.get(id(self))
+        if records is None:
+            z = self.bn(x, training=training)
+        else:
+            xf = tf.cast(x, tf.float32)
+            mean, var = tf.nn.moments(xf, list(range(len(x.shape) - 1)))
+            z = tf.cast(tf.nn.batch_normalization(xf, mean, var, None, None, self.epsilon), x.dtype)
+            n = tf.cast(tf.size(xf) // tf.shape(xf)[-1], tf.float64)
+            mean, var = tf.cast(mean, tf.float64), tf.cast(var, tf.float64)
+            records.append((n, n * mean, n * (var + mean * mean)))
+        p = tf.sigmoid(z)
         return p * x + (1.0 - p) * self.alpha * x
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def dice_layers(model) -> list:
+    """Every Dice layer inside `model` (Keras has no public recursive listing of sub-layers)."""
+    return [layer for layer in model._flatten_layers() if isinstance(layer, Dice)]
+
+
+@contextlib.contextmanager
+def recording_dice_moments(layers):
+    """While active, each layer of `layers` (Dice) normalises with batch statistics and records, per call, its
+    input's (count, per-channel sum, per-channel sum of squares) in float64; yields one list of records per layer.
+    Use it around a trace of the model (the records are the traced tensors)."""
+    records = [[] for _ in layers]
+    _DICE_RECORDS.update({id(layer): rec for layer, rec in zip(layers, records)})
+    try:
+        yield records
+    finally:
+        for layer in layers:
+            _DICE_RECORDS.pop(id(layer), None)
 
 
 def make_activation(name: str):

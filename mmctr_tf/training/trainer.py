@@ -205,6 +205,7 @@ def train(cfg: TrainConfig, hparams: Optional[dict] = None, log=print, extra_cal
                                          double_checkpoint=True),
         cb.NonFiniteGuard(), best, cb.EpochLog(run_dir), speed,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+        cb.DiceStatistics(data, strategy, global_batch, cfg.seed),  # Dice's statistics, before each validation
         *extra_callbacks,
     ]
     try:
