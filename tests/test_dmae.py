@@ -13,6 +13,7 @@ from mmctr_tf.data.schema import Schema
 from mmctr_tf.data.synthetic import SyntheticConfig, generate
 from mmctr_tf.data.tables import quantize
 from mmctr_tf.evaluation.metrics import auc
+from mmctr_tf.layers.core import FrozenVectorTable, safe_cosine
 from mmctr_tf.layers.dmae import (CrossModalInterestAttention, InterestDecoder, InterestDistribution,
                                   SimilarityEncoder, SlidingWindowAttention, bucket_index, sine_cosine_encoding)
 from mmctr_tf.models.base import dummy_batch
@@ -55,6 +56,29 @@ def _dmae(schema, tables, **kw):
 
 def _batch(x, n=8, start=0):
     return {k: v[start:start + n] for k, v in x.items()}
+
+
+# ------------------------------------------------------------------------------------------------ r (SPEC §2)
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
+def test_table_cosines_equal_safe_cosine(storage):
+    """DMAE's r uses FrozenVectorTable.cosines (dot product times stored inverse row norms); the reference form is
+    safe_cosine of the looked-up vectors: equal to rounding, 0 for missing (zero) rows and out-of-vocabulary ids."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(9, 5)).astype(np.float32) * rng.uniform(0.1, 10, size=(9, 1)).astype(np.float32)
+    vectors[3] = 0.0  # an item without a vector
+    table = FrozenVectorTable(9, 5, storage, inverse_norms=True)
+    table.set_table(quantize(vectors, None, storage))
+    target_ids = tf.constant([1, 3, 2, 0, 12], tf.int64)
+    hist_ids = tf.constant([[2, 3, 4, 0], [1, 2, 3, 4], [2, 2, 8, 7], [5, 6, 0, 0], [1, -1, 9, 2]], tf.int64)
+    (tv, _), (hv, _) = table(target_ids), table(hist_ids)
+    got = table.cosines(target_ids, tv, hist_ids, hv).numpy()
+    want = safe_cosine(tf.expand_dims(tv, 1), hv).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(got[1] == 0) and np.all(got[3] == 0) and got[0, 1] == 0 and got[4, 1] == got[4, 2] == 0
+    v = quantize(vectors, None, storage).dequantize()  # numpy cosine of the stored rows
+    n = np.linalg.norm(v, axis=1)
+    np.testing.assert_allclose(got[2, :2], v[2] @ v[2] / n[2] ** 2, rtol=1e-5)
+    np.testing.assert_allclose(got[0, 2], v[1] @ v[4] / (n[1] * n[4]), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ MIEU eq. (1)-(4)
@@ -331,13 +355,30 @@ def test_layer_configs_round_trip():
 
 
 # ------------------------------------------------------------------------------------------------ model
-def test_dmae_requires_two_modalities(data):
-    schema, *_ = data
-    with pytest.raises(ValueError, match="exactly 2 modalities"):
-        DMAE(schema, modalities=["text"])
-    one = Schema(seq_len=5, vocab={"user_id": 3, "item_id": 4, "cate_id": 2}, modalities={"text": 4})
-    with pytest.raises(ValueError, match="exactly 2 modalities"):
-        DMAE(one)
+def test_dmae_with_one_modality_pools_without_cross_fusion(data):
+    """One modality: no eq. (8)-(9); r* is eq. (7)'s masked mean of the window-attention output (docs/dmae.md),
+    checked against numpy; the decoder reconstructs that one modality. No modality, or more than two, is refused
+    naming the data or the flag that fixes it."""
+    schema, splits, tables, x, y = data
+    model = _dmae(schema, {"text": tables["text"]}, modalities=["text"])
+    assert model.cross_attention is None and len(model.decoder.mlps) == 1
+    batch = _batch(x, 8)
+    feats = model.features(batch)
+    r, mask = model.similarities(feats)["text"]
+    seq = model.window_attention["text"](model.encoders["text"](r, mask, feats["hist_len"]), mask).numpy()
+    m = mask.numpy()[..., None]
+    want = (seq * m).sum(1) / np.maximum(m.sum(1), 1)
+    np.testing.assert_allclose(model.encode(feats)["interest"][0].numpy(), want, rtol=1e-5, atol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(batch, training=True)) + tf.add_n(model.losses)
+    assert len(model.losses) == 1 and np.isfinite(model.losses[0].numpy())
+    assert all(g is not None for g in tape.gradient(loss, model.decoder.trainable_weights))
+    none = Schema(seq_len=5, vocab={"user_id": 3, "item_id": 4, "cate_id": 2}, modalities={})
+    with pytest.raises(ValueError, match="--dataset=scientific.*--model=din"):
+        DMAE(none)
+    three = Schema(seq_len=5, vocab={"user_id": 3, "item_id": 4, "cate_id": 2}, modalities={"a": 2, "b": 2, "c": 2})
+    with pytest.raises(ValueError, match="--modalities=a,b"):
+        DMAE(three)
 
 
 def test_dmae_shapes_distributions_and_config_round_trip(data):

@@ -165,12 +165,15 @@ class FrozenVectorTable(keras.layers.Layer):
 
     storage: float32 | float16 | int8 (int8 with a per-row float32 scale, dequantised on lookup).
     Returns `(vectors float32 [..., dim], present float32 [...])`; ids outside [0, rows) map to row 0 (zeros, not
-    present).
+    present). `inverse_norms=True` also keeps 1 / |v| per row (of the stored, dequantised row; 0 for a zero row,
+    as `safe_cosine`), computed when the table is set: `cosines` then gives the cosine of a target with its
+    history as a dot product and two per-row factors, never normalising the [B, L, dim] history vectors.
     """
 
-    def __init__(self, rows: int, dim: int, storage: str = "float32", **kwargs):
+    def __init__(self, rows: int, dim: int, storage: str = "float32", inverse_norms: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.rows, self.dim, self.storage = int(rows), int(dim), storage
+        self.inverse_norms = bool(inverse_norms)
         if storage not in ("float32", "float16", "int8"):
             raise ValueError(f"FrozenVectorTable: unknown storage '{storage}'")
         self.trainable = False
@@ -181,6 +184,8 @@ class FrozenVectorTable(keras.layers.Layer):
         self.scale = (self.add_weight(shape=(self.rows,), initializer="ones", trainable=False, name="scale")
                       if self.storage == "int8" else None)
         self.present = self.add_weight(shape=(self.rows,), initializer="zeros", trainable=False, name="present")
+        self.inv_norm = (self.add_weight(shape=(self.rows,), initializer="zeros", trainable=False, name="inv_norm")
+                         if self.inverse_norms else None)
 
     def set_table(self, table) -> None:
         """Loads a `mmctr_tf.data.tables.VectorTable` (converted to this layer's storage if needed)."""
@@ -196,6 +201,37 @@ class FrozenVectorTable(keras.layers.Layer):
         if self.scale is not None:
             self.scale.assign(np.asarray(table.scale, np.float32))
         self.present.assign(np.asarray(table.present, np.float32))
+        self._set_inverse_norms()
+
+    def _set_inverse_norms(self):
+        if self.inv_norm is not None:  # safe_cosine's 1 / sqrt(max(|v|^2, 1e-12)): 0 for a zero row
+            sq = np.square(self.get_table().dequantize(), dtype=np.float64).sum(1)
+            self.inv_norm.assign(np.where(sq > 0, 1.0 / np.sqrt(np.maximum(sq, 1e-12)), 0.0).astype(np.float32))
+
+    def _table_weights(self):
+        """What a weights file holds: the table itself; inv_norm is derived from it (recomputed on loading), so
+        checkpoints are the same with or without it."""
+        return [w for w in self.weights if w is not self.inv_norm]
+
+    def save_own_variables(self, store):
+        for i, w in enumerate(self._table_weights()):
+            store[str(i)] = w
+
+    def load_own_variables(self, store):
+        weights = self._table_weights()
+        if len(store.keys()) != len(weights):
+            raise ValueError(f"{self.name}: the weights file holds {len(store.keys())} variables for this table, "
+                             f"expected {len(weights)} ({', '.join(w.name for w in weights)})")
+        for i, w in enumerate(weights):
+            w.assign(store[str(i)])
+        self._set_inverse_norms()
+
+    def get_table(self):
+        """The stored table as a `mmctr_tf.data.tables.VectorTable` (in this layer's storage)."""
+        from mmctr_tf.data.tables import VectorTable
+
+        return VectorTable(np.asarray(self.values.numpy()), np.asarray(self.present.numpy()) > 0,
+                           None if self.scale is None else np.asarray(self.scale.numpy()))
 
     def call(self, ids):
         ids = tf.where((ids < 0) | (ids >= self.rows), tf.zeros_like(ids), ids)
@@ -204,5 +240,15 @@ class FrozenVectorTable(keras.layers.Layer):
             v = v * tf.gather(self.scale, ids)[..., None]
         return v, tf.gather(self.present, ids)
 
+    def cosines(self, target_ids, target, hist_ids, hist):
+        """cos(v_target, v_hist_j) [B, L] float32 from looked-up vectors target [B, dim] and hist [B, L, dim]:
+        (target . hist_j) / (|target| |hist_j|) with the stored inverse norms (needs inverse_norms=True); equal to
+        `safe_cosine(target[:, None], hist)` up to rounding, 0 where either vector is zero."""
+        clip = lambda ids: tf.where((ids < 0) | (ids >= self.rows), tf.zeros_like(ids), ids)  # noqa: E731
+        dots = tf.squeeze(tf.matmul(tf.cast(hist, tf.float32), tf.cast(target, tf.float32)[:, :, None]), -1)
+        return (dots * tf.gather(self.inv_norm, clip(target_ids))[:, None]
+                * tf.gather(self.inv_norm, clip(hist_ids)))
+
     def get_config(self):
-        return {**super().get_config(), "rows": self.rows, "dim": self.dim, "storage": self.storage}
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim, "storage": self.storage,
+                "inverse_norms": self.inverse_norms}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mmctr_tf.layers.core import masked_mean, safe_cosine, serializable
+from mmctr_tf.layers.core import masked_mean, serializable
 from mmctr_tf.layers.dmae import (CrossModalInterestAttention, InterestDecoder, InterestDistribution,
                                   SimilarityEncoder, SlidingWindowAttention)
 from mmctr_tf.models.din import DIN
@@ -22,21 +22,27 @@ class DMAE(DIN):
     (False = "w/o MIFU": r*_m = masked mean of the MIEU outputs), decoder_units (hidden layers of the decoder MLP),
     q_activation (softmax | sigmoid, see InterestDecoder), window_residual (residual in the window attention).
 
-    Exactly two modalities are required (the first plays m1, the second m2). A history slot whose vector of a
-    modality is missing, and every slot when the target's vector is missing, is masked in that modality's
-    similarity sequence.
+    Two modalities (the first plays m1, the second m2) are fused by the cross attention of eq. (8)-(9); with one
+    modality there is no cross-modal fusion: r*_m is the pooled window-attention output of eq. (7) (docs/dmae.md).
+    A history slot whose vector of a modality is missing, and every slot when the target's vector is missing, is
+    masked in that modality's similarity sequence.
     """
 
     uses_modalities = True
+    table_inverse_norms = True  # r needs cosines only: FrozenVectorTable.cosines
 
     def __init__(self, schema, lambda_dec: float = 0.5, l: int = 10, n: int = 10,  # noqa: E741 (paper's names)
                  num_buckets: int = 20, window: int = 10, mask_ratio: float = 0.3, mieu_dim: int = 16,
                  use_sine_cosine: bool = True, use_time_axis: bool = True, use_mifu: bool = True,
                  decoder_units=(64,), q_activation: str = "softmax", window_residual: bool = True, **kwargs):
         super().__init__(schema, **kwargs)
-        if len(self.modalities) != 2:
-            raise ValueError(f"DMAE needs exactly 2 modalities (m1, m2 of eq. 8-9); got {self.modalities} "
-                             f"(dataset has {list(self.schema.modalities)}; pass modalities=[m1, m2])")
+        if not self.modalities:
+            raise ValueError("DMAE needs item vectors of one or two modalities and the dataset has none: use a "
+                             "dataset converted with vector tables (e.g. --dataset=scientific) or an ID-only model "
+                             "(--model=din)")
+        if len(self.modalities) > 2:
+            raise ValueError(f"DMAE fuses one or two modalities (eq. 8-9 pair m1 with m2); the dataset has "
+                             f"{self.modalities}: choose them with --modalities={','.join(self.modalities[:2])}")
         if float(lambda_dec) < 0:
             raise ValueError(f"DMAE: lambda_dec must be >= 0, got {lambda_dec}")
         self.lambda_dec, self.l, self.n = float(lambda_dec), int(l), int(n)
@@ -54,23 +60,28 @@ class DMAE(DIN):
         self.window_attention = ({m: SlidingWindowAttention(self.mieu_dim, self.window, self.window_residual,
                                                             name=f"mifu_window_{m}") for m in self.modalities}
                                  if self.use_mifu else {})
-        self.cross_attention = CrossModalInterestAttention(self.mieu_dim, name="mifu_cross") if self.use_mifu else None
+        self.cross_attention = (CrossModalInterestAttention(self.mieu_dim, name="mifu_cross")
+                                if self.use_mifu and len(self.modalities) == 2 else None)
         self.distribution = InterestDistribution(self.time_segments, self.n, name="interest_distribution")
         self.decoder = None
         if self.lambda_dec > 0:
-            self.decoder = InterestDecoder(self.time_segments, self.n, 2, self.decoder_units, self.mask_ratio,
+            M = len(self.modalities)
+            self.decoder = InterestDecoder(self.time_segments, self.n, M, self.decoder_units, self.mask_ratio,
                                            self.lambda_dec, self.q_activation, name="iddu_decoder")
             # built now (not at its first training call) so weights exist for save/load before any training
-            self.decoder.build([(None, L, self.mieu_dim)] * 2)
+            self.decoder.build([(None, L, self.mieu_dim)] * M)
 
     # ------------------------------------------------------------------------------------------- MIEU / MIFU
     def similarities(self, feats):
-        """{m: (r [B, L] in [0, 1], 0 where masked; mask [B, L] bool)} with r = (cos + 1) / 2 (SPEC §2)."""
+        """{m: (r [B, L] in [0, 1], 0 where masked; mask [B, L] bool)} with r = (cos + 1) / 2 (SPEC §2). The cosines
+        come from the tables' stored inverse row norms (`FrozenVectorTable.cosines`: a dot product per slot instead
+        of normalising every [B, L, dim] history vector; equal to `safe_cosine` up to rounding)."""
         out = {}
+        ids = feats["ids"]
         for m in self.modalities:
             tv, hv, tp, hp = feats["vec"][m]
             mask = feats["mask"] & (hp > 0) & tf.expand_dims(tp > 0, 1)
-            r = (safe_cosine(tf.expand_dims(tv, 1), hv) + 1.0) / 2.0
+            r = (self.tables[m].cosines(ids["item_id"], tv, ids["hist_item_id"], hv) + 1.0) / 2.0
             out[m] = (tf.where(mask, r, tf.zeros_like(r)), mask)
         return out
 
@@ -85,9 +96,9 @@ class DMAE(DIN):
             if self.use_mifu:
                 seq = self.window_attention[m](seq, mask)  # eq. (5)-(6)
             rs.append(r), masks.append(mask), seqs.append(seq)
-        if self.use_mifu:
+        if self.cross_attention is not None:
             interest = list(self.cross_attention(seqs[0], seqs[1], masks[0], masks[1]))  # eq. (7)-(9)
-        else:
+        else:  # w/o MIFU, or one modality: eq. (7) pooling only
             interest = [masked_mean(s, k) for s, k in zip(seqs, masks)]
         return {"r": rs, "mask": masks, "seq": seqs, "interest": interest}
 
