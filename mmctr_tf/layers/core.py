@@ -166,8 +166,8 @@ class FrozenVectorTable(keras.layers.Layer):
     storage: float32 | float16 | int8 (int8 with a per-row float32 scale, dequantised on lookup).
     Returns `(vectors float32 [..., dim], present float32 [...])`; ids outside [0, rows) map to row 0 (zeros, not
     present). `inverse_norms=True` also keeps 1 / |v| per row (of the stored, dequantised row; 0 for a zero row,
-    as `safe_cosine`), computed when the table is set: `cosines` then gives the cosine of a target with its
-    history as a dot product and two per-row factors, never normalising the [B, L, dim] history vectors.
+    as `safe_cosine`), derived when the table is set or loaded: `cosines` then gives cosines of looked-up vectors
+    as a dot product and two per-row factors, never normalising the looked-up vectors.
     """
 
     def __init__(self, rows: int, dim: int, storage: str = "float32", inverse_norms: bool = False, **kwargs):
@@ -179,13 +179,16 @@ class FrozenVectorTable(keras.layers.Layer):
         self.trainable = False
 
     def build(self, input_shape=None):
-        self.values = self.add_weight(shape=(self.rows, self.dim), dtype=self.storage, initializer="zeros",
-                                      trainable=False, name="values")
-        self.scale = (self.add_weight(shape=(self.rows,), initializer="ones", trainable=False, name="scale")
-                      if self.storage == "int8" else None)
-        self.present = self.add_weight(shape=(self.rows,), initializer="zeros", trainable=False, name="present")
-        self.inv_norm = (self.add_weight(shape=(self.rows,), initializer="zeros", trainable=False, name="inv_norm")
-                         if self.inverse_norms else None)
+        # autocast=False: under a mixed precision policy the stored values are read as stored (call casts them to
+        # float32), not rounded to float16 first
+        def weight(name, shape, dtype="float32", init="zeros"):
+            return self.add_weight(shape=shape, dtype=dtype, initializer=init, trainable=False, autocast=False,
+                                   name=name)
+
+        self.values = weight("values", (self.rows, self.dim), self.storage)
+        self.scale = weight("scale", (self.rows,), init="ones") if self.storage == "int8" else None
+        self.present = weight("present", (self.rows,))
+        self.inv_norm = weight("inv_norm", (self.rows,)) if self.inverse_norms else None
 
     def set_table(self, table) -> None:
         """Loads a `mmctr_tf.data.tables.VectorTable` (converted to this layer's storage if needed)."""
@@ -240,14 +243,19 @@ class FrozenVectorTable(keras.layers.Layer):
             v = v * tf.gather(self.scale, ids)[..., None]
         return v, tf.gather(self.present, ids)
 
-    def cosines(self, target_ids, target, hist_ids, hist):
-        """cos(v_target, v_hist_j) [B, L] float32 from looked-up vectors target [B, dim] and hist [B, L, dim]:
-        (target . hist_j) / (|target| |hist_j|) with the stored inverse norms (needs inverse_norms=True); equal to
-        `safe_cosine(target[:, None], hist)` up to rounding, 0 where either vector is zero."""
-        clip = lambda ids: tf.where((ids < 0) | (ids >= self.rows), tf.zeros_like(ids), ids)  # noqa: E731
-        dots = tf.squeeze(tf.matmul(tf.cast(hist, tf.float32), tf.cast(target, tf.float32)[:, :, None]), -1)
-        return (dots * tf.gather(self.inv_norm, clip(target_ids))[:, None]
-                * tf.gather(self.inv_norm, clip(hist_ids)))
+    def cosines(self, ids_a, a, ids_b, b):
+        """cos(a, b) [...] float32 of vectors a, b [..., dim] looked up in this table at ids_a, ids_b: (a . b) times
+        the stored inverse norms of both rows (needs inverse_norms=True), so no vector is normalised per call;
+        equal to `safe_cosine(a, b)` up to rounding, 0 where either vector is zero, and exactly 1 for a row with
+        itself (rounding would otherwise leave an item repeated in the history just below 1)."""
+        def clip(ids):
+            return tf.where((ids < 0) | (ids >= self.rows), tf.zeros_like(ids), ids)
+
+        ids_a, ids_b = clip(ids_a), clip(ids_b)
+        inv_a = tf.gather(self.inv_norm, ids_a)
+        dots = tf.reduce_sum(tf.cast(a, tf.float32) * tf.cast(b, tf.float32), -1)
+        cos = dots * inv_a * tf.gather(self.inv_norm, ids_b)
+        return tf.where(tf.equal(ids_a, ids_b) & (inv_a > 0), tf.ones_like(cos), cos)
 
     def get_config(self):
         return {**super().get_config(), "rows": self.rows, "dim": self.dim, "storage": self.storage,
