@@ -414,7 +414,7 @@ def test_interest_distribution_sums_and_no_gradient():
 
 
 def test_interest_decoder_loss_and_modes():
-    l, n, d, L = 3, 4, 8, 6
+    l, n, d, L = 3, 4, 8, 6  # noqa: E741 (the paper's names)
     dec = InterestDecoder(l=l, n=n, num_modalities=2, units=(16,), mask_ratio=0.3, lambda_dec=0.5, seed=1)
     seqs = [tf.reshape(tf.random.stateless_normal([4, L, d], seed=[i, 1]), [-1, d]) for i in range(2)]
     hl = tf.constant([6, 3, 1, 0])
