@@ -13,8 +13,17 @@ from mmctr_tf.data.schema import Schema
 from mmctr_tf.data.synthetic import SyntheticConfig, generate
 from mmctr_tf.data.tables import quantize
 from mmctr_tf.evaluation.metrics import auc
-from mmctr_tf.layers.dmae import (CrossModalInterestAttention, InterestDecoder, InterestDistribution,
-                                  SimilarityEncoder, SlidingWindowAttention, bucket_index, sine_cosine_encoding)
+from mmctr_tf.layers.core import FrozenVectorTable, safe_cosine
+from mmctr_tf.layers.dmae import (
+    CrossModalInterestAttention,
+    InterestDecoder,
+    InterestDistribution,
+    SimilarityEncoder,
+    SlidingWindowAttention,
+    bucket_index,
+    pack_slots,
+    sine_cosine_encoding,
+)
 from mmctr_tf.models.base import dummy_batch
 from mmctr_tf.models.din import DIN
 from mmctr_tf.models.dmae import DMAE
@@ -68,6 +77,108 @@ def _numpy_decode(mlp, seq, mask, l, n):  # noqa: E741
     return (q / q.sum(-1, keepdims=True)).reshape(-1, l, n)
 
 
+def _recency(hist_len, L):
+    """numpy: recency hist_len - 1 - j of every slot [B, L] (0 = most recent)."""
+    return np.asarray(hist_len)[:, None] - 1 - np.arange(L)[None, :]
+
+
+def _flat(mask):
+    """All-slots packing of a [B, L] mask in numpy/tf form: (valid [B*L] bool, rows [B*L] int32)."""
+    mask = np.asarray(mask, bool)
+    return tf.constant(mask.reshape(-1)), tf.constant(np.repeat(np.arange(mask.shape[0]), mask.shape[1]), tf.int32)
+
+
+# ------------------------------------------------------------------------------------------------ numpy references
+def _relu(v):
+    return np.maximum(v, 0.0)
+
+
+def numpy_mieu(enc, r, recency, valid):
+    """eq. (1)-(4) written out in numpy: ReLU(W2 [ReLU(W1 [r_d ; r_sc] + b1) ; PE[T - j]] + b2), 0 where not
+    valid; r, recency, valid [B, L] (recency clipped to the position table as the layer does)."""
+    r_d = (enc.w.numpy() * r + enc.b.numpy())[..., None] * enc.bucket_emb.embeddings.numpy()[
+        np.floor(r * (enc.num_buckets - 1)).astype(int)]
+    i = np.arange(enc.dim // 2)
+    angle = r[..., None] / 10.0 ** (2 * i / enc.dim)
+    r_sc = np.stack([np.sin(angle), np.cos(angle)], -1).reshape(r.shape + (enc.dim,))
+    parts = [r_d, r_sc] if enc.use_sine_cosine else [r_d]
+    h = _relu(np.concatenate(parts, -1) @ enc.dense1.kernel.numpy() + enc.dense1.bias.numpy())
+    pe = enc.pos_emb.embeddings.numpy()[np.clip(recency, 0, enc.seq_len - 1)]
+    out = _relu(np.concatenate([h, pe], -1) @ enc.dense2.kernel.numpy() + enc.dense2.bias.numpy())
+    return out * valid[..., None]
+
+
+def numpy_window(att, x, valid):
+    """eq. (5)-(6) by brute force per example: out_i = x_i + sum_{j valid, |i - j| <= w // 2} softmax_j(q_i . k_j /
+    sqrt(d)) v_j for valid i, 0 elsewhere; x [B, L, d], valid [B, L]."""
+    q, k, v = (x @ layer.kernel.numpy() for layer in (att.q, att.k, att.v))
+    out = np.zeros(x.shape[:2] + (att.dim,), np.float64)
+    for b in range(x.shape[0]):
+        for i in np.flatnonzero(valid[b]):
+            js = [j for j in np.flatnonzero(valid[b]) if abs(i - j) <= att.window // 2]
+            s = np.array([q[b, i] @ k[b, j] for j in js]) / math.sqrt(att.dim)
+            a = np.exp(s - s.max())
+            out[b, i] = (x[b, i] if att.residual else 0.0) + (a / a.sum()) @ v[b, js]
+    return out
+
+
+def numpy_interest(model, batch):
+    """DMAE's r*_m of eq. (7)-(9) for a batch, every step in numpy on the padded [B, L] layout from the model's
+    weights and stored tables: r = (cos + 1) / 2 with masking (SPEC §2), eq. (1)-(4), eq. (5)-(6), eq. (7)-(9)."""
+    feats = model.features(batch)
+    ids = {k: v.numpy() for k, v in feats["ids"].items()}
+    hist_len, mask = feats["hist_len"].numpy(), feats["mask"].numpy()
+    seqs, valids = [], []
+    for m in model.modalities:
+        table = model.tables[m].get_table()
+        vec, present = table.dequantize().astype(np.float64), table.present
+        t, h = vec[ids["item_id"]], vec[ids["hist_item_id"]]
+        norm = lambda a: np.where(np.linalg.norm(a, axis=-1) > 0, np.linalg.norm(a, axis=-1), 1.0)  # noqa: E731
+        cos = (h * t[:, None]).sum(-1) / (norm(h) * norm(t)[:, None])
+        valid = mask & present[ids["hist_item_id"]] & present[ids["item_id"]][:, None]
+        r = np.where(valid, (cos + 1) / 2, 0.0)
+        seq = numpy_mieu(model.encoders[m], r, _recency(hist_len, mask.shape[1]), valid)
+        if model.use_mifu:
+            seq = numpy_window(model.window_attention[m], seq, valid)
+        seqs.append(seq), valids.append(valid)
+    pooled = [(s * v[..., None]).sum(1) / np.maximum(v.sum(1), 1)[:, None] for s, v in zip(seqs, valids)]  # eq. 7
+    if model.cross_attention is None:
+        return pooled
+    out = []
+    for i, (seq, valid) in enumerate(zip(seqs, valids)):  # eq. (8)-(9): query from the other modality
+        p = {k: layer.kernel.numpy() for k, layer in model.cross_attention.proj[i].items()}
+        scores = np.einsum("bld,bd->bl", seq @ p["k"], pooled[1 - i] @ p["q"]) / math.sqrt(model.mieu_dim)
+        a = np.exp(np.where(valid, scores - np.where(valid, scores, -np.inf).max(1, keepdims=True), -np.inf))
+        a = np.where(valid.any(1, keepdims=True), a / np.maximum(a.sum(1, keepdims=True), 1e-300), 0.0)
+        out.append(np.einsum("bl,bld->bd", a, seq) @ p["v"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ r (SPEC §2)
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
+def test_table_cosines_equal_safe_cosine(storage):
+    """DMAE's r uses FrozenVectorTable.cosines (dot product times stored inverse row norms); the reference form is
+    safe_cosine of the looked-up vectors: equal to rounding, 0 for missing (zero) rows and out-of-vocabulary ids,
+    exactly 1 for an item with itself."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(9, 5)).astype(np.float32) * rng.uniform(0.1, 10, size=(9, 1)).astype(np.float32)
+    vectors[3] = 0.0  # an item without a vector
+    table = FrozenVectorTable(9, 5, storage, inverse_norms=True)
+    table.set_table(quantize(vectors, None, storage))
+    target_ids = tf.constant([1, 3, 2, 0, 12], tf.int64)
+    hist_ids = tf.constant([[2, 3, 4, 0], [1, 2, 3, 4], [2, 2, 8, 7], [5, 6, 0, 0], [1, -1, 9, 2]], tf.int64)
+    (tv, _), (hv, _) = table(target_ids), table(hist_ids)
+    pair_ids = tf.broadcast_to(target_ids[:, None], hist_ids.shape)
+    got = table.cosines(pair_ids, tf.broadcast_to(tv[:, None], hv.shape), hist_ids, hv).numpy()
+    want = safe_cosine(tf.expand_dims(tv, 1), hv).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(got[1] == 0) and np.all(got[3] == 0) and got[0, 1] == 0 and got[4, 1] == got[4, 2] == 0
+    v = quantize(vectors, None, storage).dequantize()  # numpy cosine of the stored rows
+    n = np.linalg.norm(v, axis=1)
+    assert np.all(got[2, :2] == 1.0) and got[0, 0] != 1.0  # an item with itself: exactly 1 (eq. 2's last bucket)
+    np.testing.assert_allclose(got[0, 2], v[1] @ v[4] / (n[1] * n[4]), rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ MIEU eq. (1)-(4)
 def test_sine_cosine_eq3_hand_computed():
     r = tf.constant([[0.3, 1.0]])
@@ -97,9 +208,8 @@ def test_similarity_encoder_padding_and_recency():
     enc = SimilarityEncoder(num_buckets=5, dim=4, seq_len=6)
     r = tf.constant([[0.1, 0.2, 0.3, 0.0, 0.0, 0.0],
                      [0.9, 0.9, 0.1, 0.2, 0.3, 0.7]])
-    hist_len = tf.constant([3, 5])
-    mask = _mask([3, 5], 6)
-    out = enc(r, mask, hist_len).numpy()
+    mask, rec = _mask([3, 5], 6), _recency([3, 5], 6)
+    out = enc(r, mask, rec).numpy()
     assert out.shape == (2, 6, 4)
     assert np.all(out[0, 3:] == 0) and np.all(out[1, 5:] == 0)  # padding is zero
     # recency indexing: the last three behaviours of both rows have the same r and the same recency (2, 1, 0),
@@ -108,7 +218,7 @@ def test_similarity_encoder_padding_and_recency():
     # (eq. (1)-(2) are checked in the forward pass by test_similarity_encoder_eq4_matches_numpy)
     # w/o MIEU-se: bucket representation only (W1 is d x d)
     enc2 = SimilarityEncoder(num_buckets=5, dim=4, seq_len=6, use_sine_cosine=False)
-    assert enc2(r, mask, hist_len).shape == (2, 6, 4)
+    assert enc2(r, mask, rec).shape == (2, 6, 4)
     assert tuple(enc2.dense1.kernel.shape) == (4, 4)
     assert tuple(enc.dense1.kernel.shape) == (8, 4)
 
@@ -119,97 +229,105 @@ def test_similarity_encoder_eq4_matches_numpy(use_sine_cosine):
     must equal eq. (4) written out literally: ReLU(W2 [ReLU(W1 [r_d ; r_sc] + b1) ; PE[T - j]] + b2)."""
     nb, d, L = 6, 4, 5
     enc = SimilarityEncoder(num_buckets=nb, dim=d, seq_len=L, use_sine_cosine=use_sine_cosine)
-    # row 2: hist_len beyond L (recency indices clipped to the table; the layer's [hist_len, slot] table too)
+    # row 2: hist_len beyond L (recency indices clipped to the position table)
     r = tf.constant([[0.05, 0.5, 0.99, 1.0, 0.3], [0.7, 0.2, 0.0, 0.0, 0.0], [0.4, 0.8, 0.1, 0.6, 0.9]])
     hist_len = [5, 2, 11]
     mask = _mask(hist_len, L)
-    enc(r, mask, tf.constant(hist_len))
+    enc(r, mask, _recency(hist_len, L))
     rng = np.random.default_rng(0)
     enc.set_weights([rng.normal(size=w.shape).astype("float32") for w in enc.get_weights()])
-    out = enc(r, mask, tf.constant(hist_len)).numpy()
-    rn = r.numpy()
-    r_d = (enc.w.numpy() * rn + enc.b.numpy())[..., None] * enc.bucket_emb.embeddings.numpy()[
-        np.floor(rn * (nb - 1)).astype(int)]
-    parts = [r_d, sine_cosine_encoding(r, d).numpy()] if use_sine_cosine else [r_d]
-    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
-    h = relu(np.concatenate(parts, -1) @ enc.dense1.kernel.numpy() + enc.dense1.bias.numpy())
-    rec = np.clip(np.array(hist_len)[:, None] - 1 - np.arange(L)[None], 0, L - 1)
-    pe = enc.pos_emb.embeddings.numpy()[rec]
-    want = relu(np.concatenate([h, pe], -1) @ enc.dense2.kernel.numpy() + enc.dense2.bias.numpy())
-    want *= mask.numpy()[..., None]
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    out = enc(r, mask, _recency(hist_len, L)).numpy()
+    np.testing.assert_allclose(out, numpy_mieu(enc, r.numpy(), _recency(hist_len, L), mask.numpy()), rtol=1e-5,
+                               atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ MIFU eq. (5)-(9)
+def _window(att, x, mask):
+    """The window attention on the all-slots packing of x [B, L, d], back in [B, L, d]."""
+    valid, rows = _flat(mask)
+    return tf.reshape(att(tf.reshape(x, [-1, x.shape[-1]]), valid, rows), x.shape)
+
+
 def test_sliding_window_is_local_and_masks_padding():
     L, d = 16, 8
     att = SlidingWindowAttention(dim=d, window=4)  # |i - j| <= 2
     x = tf.random.stateless_normal([2, L, d], seed=[1, 2])
     mask = _mask([L, 12], L)
-    base = att(x, mask).numpy()
+    base = _window(att, x, mask).numpy()
     assert base.shape == (2, L, d) and np.all(np.isfinite(base))
     assert np.all(base[1, 12:] == 0)
     # perturb slot 10 of row 0: only slots 8..12 may change
     x2 = tf.tensor_scatter_nd_update(x, [[0, 10]], [tf.ones([d]) * 5.0])
-    out = att(x2, mask).numpy()
+    out = _window(att, x2, mask).numpy()
     changed = np.any(np.abs(out[0] - base[0]) > 1e-6, axis=-1)
     assert not changed[:8].any() and not changed[13:].any()
     assert changed[8:13].all()
     np.testing.assert_array_equal(out[1], base[1])
+    # never across examples: row 0's last slot is packed right before row 1's first one
+    x4 = tf.tensor_scatter_nd_update(x, [[0, L - 1]], [tf.ones([d]) * 5.0])
+    np.testing.assert_array_equal(_window(att, x4, mask).numpy()[1], base[1])
     # padded slots of row 1 (12..15) never leak into any output
     x3 = tf.tensor_scatter_nd_update(x, [[1, 12], [1, 13], [1, 15]], tf.fill([3, d], 100.0))
-    np.testing.assert_allclose(att(x3, mask).numpy(), base, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_window(att, x3, mask).numpy(), base, rtol=0, atol=1e-6)
     # empty history -> zeros, not NaN
-    empty = att(x, _mask([0, 0], L)).numpy()
-    assert np.all(empty == 0)
+    assert np.all(_window(att, x, _mask([0, 0], L)).numpy() == 0)
     # window 1 (only itself) without residual = x_i W_V
     att1 = SlidingWindowAttention(dim=d, window=1, residual=False)
-    np.testing.assert_allclose(att1(x, mask).numpy()[0], att1.v(x).numpy()[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_window(att1, x, mask).numpy()[0], att1.v(x).numpy()[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("all_slots", [False, True])
 @pytest.mark.parametrize("window,L", [(1, 13), (4, 13), (5, 13), (10, 13), (4, 12), (10, 20)])
-def test_sliding_window_matches_dense_band_attention(window, L):
-    """eq. (5)-(6) by brute force: out_i = x_i + sum_{j valid, |i - j| <= w // 2} softmax_j(q_i . k_j / sqrt(d)) v_j
-    for valid i, 0 elsewhere; the blocked implementation must agree whether or not the block size divides L."""
+def test_sliding_window_matches_dense_band_attention(window, L, all_slots):
+    """eq. (5)-(6) by brute force per example: out_i = x_i + sum_{j valid, |i - j| <= w // 2} softmax_j(q_i . k_j /
+    sqrt(d)) v_j for valid i, 0 elsewhere; the blocked attention on the packed slots (only j < hist_len, or all)
+    must agree, with a masked slot inside a history, whether or not the block size divides N."""
     d = 4
     att = SlidingWindowAttention(dim=d, window=window)
-    x = tf.random.stateless_normal([3, L, d], seed=[7, window])
-    hist_len = [L, 6, 0]
-    mask = _mask(hist_len, L)
-    out = att(x, mask).numpy()
-    xn = x.numpy() * mask.numpy()[..., None]
-    q, k, v = (xn @ layer.kernel.numpy() for layer in (att.q, att.k, att.v))
-    want = np.zeros_like(xn)
-    for b, n in enumerate(hist_len):
-        for i in range(n):
-            js = [j for j in range(n) if abs(i - j) <= window // 2]
-            s = np.array([q[b, i] @ k[b, j] for j in js]) / math.sqrt(d)
-            a = np.exp(s - s.max())
-            want[b, i] = xn[b, i] + (a / a.sum()) @ v[b, js]
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    x = tf.random.stateless_normal([4, L, d], seed=[7, window]).numpy()
+    hist_len = [L, 6, 0, 3]
+    mask = _mask(hist_len, L).numpy()
+    valid = mask.copy()
+    valid[1, 2] = False  # e.g. a behaviour without this modality's vector
+    rows, slots = (t.numpy() for t in pack_slots(tf.constant(mask), all_slots))
+    out = att(tf.constant(x[rows, slots]), tf.constant(valid[rows, slots]), tf.constant(rows)).numpy()
+    got = np.zeros_like(x)
+    got[rows, slots] = out
+    np.testing.assert_allclose(got, numpy_window(att, x, valid), rtol=1e-5, atol=1e-5)
 
 
-def test_sliding_window_builds_no_LxL_tensor():
-    L, d = 64, 8
+def _large_tensors(graph, size):
+    """Tensors of `graph` (forward and gradient ops) with two or more dimensions larger than `size`."""
+    out = []
+    for op in graph.get_operations():
+        for t in op.outputs:
+            if t.shape.rank is not None and sum(dim is not None and dim > size for dim in t.shape.as_list()) >= 2:
+                out.append((op.name, tuple(t.shape.as_list())))
+    return out
+
+
+def test_sliding_window_cost_is_linear():
+    """No [N, N] tensor: with N = 640 packed positions and window 10, nothing in the traced forward and gradient
+    graph has two dimensions larger than the 20 keys of a block (a dense band attention would: checked)."""
+    N, d = 640, 8
     att = SlidingWindowAttention(dim=d, window=10)
+    spec = [tf.TensorSpec([N, d]), tf.TensorSpec([N], tf.bool), tf.TensorSpec([N], tf.int32)]
 
-    @tf.function(input_signature=[tf.TensorSpec([3, L, d]), tf.TensorSpec([3, L], tf.bool)])
-    def fwd_bwd(x, mask):
+    @tf.function(input_signature=spec)
+    def fwd_bwd(x, valid, rows):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = tf.reduce_sum(att(x, mask) ** 2)
+            y = tf.reduce_sum(att(x, valid, rows) ** 2)
         return y, tape.gradient(y, [x] + att.trainable_weights)
 
-    att(tf.zeros([3, L, d]), tf.ones([3, L], tf.bool))  # build outside the trace
-    graph = fwd_bwd.get_concrete_function().graph
-    assert _square_tensors(graph, L) == []
+    att(tf.zeros([N, d]), tf.ones([N], tf.bool), tf.zeros([N], tf.int32))  # build outside the trace
+    assert _large_tensors(fwd_bwd.get_concrete_function().graph, 20) == []
 
-    # the detector does see a dense [L, L] attention
-    @tf.function(input_signature=[tf.TensorSpec([3, L, d])])
+    @tf.function(input_signature=spec[:1])
     def dense(x):
-        return tf.nn.softmax(tf.einsum("bid,bjd->bij", x, x)) @ x
+        return tf.nn.softmax(tf.matmul(x, x, transpose_b=True)) @ x
 
-    assert _square_tensors(dense.get_concrete_function().graph, L)
+    assert _large_tensors(dense.get_concrete_function().graph, 20)
 
 
 def test_cross_modal_attention_shapes_padding_and_empty():
@@ -218,17 +336,22 @@ def test_cross_modal_attention_shapes_padding_and_empty():
     s1 = tf.random.stateless_normal([3, L, d], seed=[3, 4])
     s2 = tf.random.stateless_normal([3, L, d], seed=[5, 6])
     m1, m2 = _mask([7, 4, 0], L), _mask([7, 2, 0], L)
-    r1, r2 = cross(s1, s2, m1, m2)
+    (v1, rows), (v2, _) = _flat(m1), _flat(m2)
+
+    def run(a, b):
+        return cross(tf.reshape(a, [-1, d]), tf.reshape(b, [-1, d]), v1, v2, rows, num_rows=3)
+
+    r1, r2 = run(s1, s2)
     assert r1.shape == (3, d) and r2.shape == (3, d)
     assert np.all(np.isfinite(r1.numpy())) and np.all(np.isfinite(r2.numpy()))
     assert np.all(r1.numpy()[2] == 0) and np.all(r2.numpy()[2] == 0)  # empty history -> zeros
-    # changing padded slots changes nothing
+    # changing masked slots changes nothing
     s1b = tf.concat([s1[:, :4], s1[:, 4:] + 50.0], axis=1)
     s2b = tf.concat([s2[:, :2], s2[:, 2:] - 50.0], axis=1)
-    r1b, r2b = cross(s1b, s2b, m1, m2)
+    r1b, r2b = run(s1b, s2b)
     np.testing.assert_allclose(r1b.numpy()[1:], r1.numpy()[1:], atol=1e-5)
     np.testing.assert_allclose(r2b.numpy()[1:], r2.numpy()[1:], atol=1e-5)
-    # eq. (8) by hand for row 1: query from the pooled m2 sequence, keys/values from m1
+    # eq. (7)-(8) by hand for row 1: query from the pooled m2 sequence, keys/values from m1
     p = cross.proj[0]
     pool2 = tf.reduce_mean(s2[1:2, :2], axis=1)
     q = p["q"](pool2).numpy()[0]
@@ -238,13 +361,21 @@ def test_cross_modal_attention_shapes_padding_and_empty():
 
 
 # ------------------------------------------------------------------------------------------------ IDDU eq. (10)-(13)
+def _distribution(dist, r, valid, hist_len):
+    """P of [B, L] inputs through the all-slots packing."""
+    valid, rows = _flat(valid)
+    L = np.shape(r)[1]
+    slots = tf.constant(np.tile(np.arange(L), np.shape(r)[0]), tf.int32)
+    return dist(tf.reshape(r, [-1]), valid, rows, slots, hist_len)
+
+
 def test_interest_distribution_hand_made():
     dist = InterestDistribution(l=2, n=4)
     r = tf.constant([[0.1, 0.3, 0.6, 0.95, 0.0],
                      [1.0, 0.5, 0.0, 0.9, 0.9],  # slots 3, 4 are padding (r there must be ignored)
                      [0.7, 0.7, 0.7, 0.7, 0.7]])
     hist_len = tf.constant([4, 3, 0])
-    P = dist(r, _mask([4, 3, 0], 5), hist_len).numpy()
+    P = _distribution(dist, r, _mask([4, 3, 0], 5), hist_len).numpy()
     assert P.shape == (3, 2, 4)
     # row 0: segments floor(j*2/4) = 0,0,1,1; bins floor(r*4) = 0,1,2,3
     want0 = np.zeros((2, 4))
@@ -256,15 +387,19 @@ def test_interest_distribution_hand_made():
     np.testing.assert_allclose(P[1], want1, atol=1e-7)
     np.testing.assert_array_equal(P[2], 0)  # hist_len = 0 -> all zero
     # l = 1 (w/o MIEU-t): similarity histogram only
-    P1 = InterestDistribution(l=1, n=4)(r, _mask([4, 3, 0], 5), hist_len).numpy()
+    P1 = _distribution(InterestDistribution(l=1, n=4), r, _mask([4, 3, 0], 5), hist_len).numpy()
     np.testing.assert_allclose(P1[0, 0], [0.25, 0.25, 0.25, 0.25])
     # a slot masked because its modality vector is missing is not counted; P still sums to 1
     mask = _mask([4, 3, 0], 5).numpy()
     mask[0, 1] = False
-    Pm = dist(r, mask, hist_len).numpy()
+    Pm = _distribution(dist, r, mask, hist_len).numpy()
     np.testing.assert_allclose(Pm[0].sum(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(Pm[0, 0, 0], 1 / 3, rtol=1e-6)
     assert Pm[0, 0, 1] == 0
+    # the packing of the valid slots only gives the same P
+    rows, slots = pack_slots(_mask([4, 3, 0], 5))
+    np.testing.assert_allclose(dist(tf.gather_nd(r, tf.stack([rows, slots], 1)), tf.ones_like(rows, tf.bool), rows,
+                                    slots, hist_len).numpy(), P, atol=1e-7)
 
 
 def test_interest_distribution_sums_and_no_gradient():
@@ -274,7 +409,7 @@ def test_interest_distribution_sums_and_no_gradient():
     dist = InterestDistribution(l=10, n=10)
     with tf.GradientTape() as tape:
         tape.watch(r)
-        P = dist(r, tf.sequence_mask(hist_len, L), hist_len)
+        P = _distribution(dist, r, tf.sequence_mask(hist_len, L), hist_len)
     sums = tf.reduce_sum(P, axis=[1, 2]).numpy()
     np.testing.assert_allclose(sums, (hist_len.numpy() > 0).astype(np.float32), rtol=1e-5)
     assert tape.gradient(P, r) is None
@@ -284,15 +419,16 @@ def test_interest_distribution_sums_and_no_gradient():
 
 
 def test_interest_decoder_loss_and_modes():
-    l, n, d, L = 3, 4, 8, 6
+    l, n, d, L = 3, 4, 8, 6  # noqa: E741 (the paper's names)
     dec = InterestDecoder(l=l, n=n, num_modalities=2, units=(16,), mask_ratio=0.3, lambda_dec=0.5, seed=1)
-    seqs = [tf.random.stateless_normal([4, L, d], seed=[i, 1]) for i in range(2)]
+    seqs = [tf.reshape(tf.random.stateless_normal([4, L, d], seed=[i, 1]), [-1, d]) for i in range(2)]
     hl = tf.constant([6, 3, 1, 0])
-    masks = [tf.sequence_mask(hl, L)] * 2
+    valid, rows = _flat(tf.sequence_mask(hl, L))
+    valids = [valid] * 2
     r = tf.random.stateless_uniform([4, L], seed=[2, 2])
-    Ps = [InterestDistribution(l, n)(r, masks[0], hl)] * 2
-    assert dec(seqs, masks, Ps, training=False) is None and not dec.losses
-    loss = dec(seqs, masks, Ps, training=True)
+    Ps = [_distribution(InterestDistribution(l, n), r, tf.sequence_mask(hl, L), hl)] * 2
+    assert dec(seqs, valids, Ps, rows, training=False) is None and not dec.losses
+    loss = dec(seqs, valids, Ps, rows, training=True)
     assert np.isfinite(loss.numpy()) and loss.numpy() > 0
     assert len(dec.losses) == 1
     np.testing.assert_allclose(dec.losses[0].numpy(), 0.5 * loss.numpy(), rtol=1e-6)
@@ -306,20 +442,34 @@ def test_interest_decoder_loss_and_modes():
     assert kl[0] == pytest.approx(want, rel=1e-5) and kl[1] == 0
     # Q: each modality's own MLP on the mean of all valid slots (no random mask), recomputed in numpy
     for i in range(2):
-        Q = dec.decode(i, seqs[i], masks[i]).numpy()
+        Q = dec.decode(i, seqs[i], valids[i], rows, 4).numpy()
         assert Q.shape == (4, l, n)
-        np.testing.assert_allclose(Q, _numpy_decode(dec.mlps[i], seqs[i].numpy(), masks[i].numpy(), l, n),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(Q, _numpy_decode(dec.mlps[i], seqs[i].numpy().reshape(4, L, d),
+                                                    valids[i].numpy().reshape(4, L), l, n), rtol=1e-5, atol=1e-7)
     # empty rows and all-empty batches give a finite (zero) loss
     dec0 = InterestDecoder(l=l, n=n, units=(16,))
-    empty = [tf.zeros([4, L], tf.bool)] * 2
-    zero = dec0(seqs, empty, [tf.zeros([4, l, n])] * 2, training=True)
+    empty = [tf.zeros([4 * L], tf.bool)] * 2
+    zero = dec0(seqs, empty, [tf.zeros([4, l, n])] * 2, rows, training=True)
     assert zero.numpy() == 0.0
     # the paper's sigmoid form stays available
     sig = InterestDecoder(l=l, n=n, units=(16,), q_activation="sigmoid")
-    assert np.isfinite(sig(seqs, masks, Ps, training=True).numpy())
+    assert np.isfinite(sig(seqs, valids, Ps, rows, training=True).numpy())
     with pytest.raises(ValueError):
         InterestDecoder(q_activation="relu")
+
+
+def test_random_keep_drops_at_the_ratio_and_keeps_an_example_whole_when_all_dropped():
+    """eq. (11)'s position mask on packed slots: over many draws each valid slot is kept with probability
+    1 - mask_ratio (binomial check), masked slots never are, and an example whose slots were all dropped keeps them
+    all (one-slot examples are then always whole)."""
+    dec = InterestDecoder(l=2, n=2, mask_ratio=0.3, seed=3)
+    valid, rows = _flat(tf.sequence_mask([6, 1, 0, 4], 6))
+    keeps = np.stack([dec.random_keep(valid, rows, 4).numpy() for _ in range(400)])
+    v = valid.numpy()
+    assert not keeps[:, ~v].any()
+    row0 = keeps[:, :6]  # 6 valid slots: P(all dropped) = 0.3^6, so the fallback barely matters
+    assert abs(row0.mean() - 0.7) < 4 * math.sqrt(0.7 * 0.3 / row0.size)
+    assert keeps[:, 6].all()  # the one-slot example: dropped -> kept whole
 
 
 def test_layer_configs_round_trip():
@@ -338,13 +488,57 @@ def test_layer_configs_round_trip():
 
 
 # ------------------------------------------------------------------------------------------------ model
-def test_dmae_requires_two_modalities(data):
-    schema, *_ = data
-    with pytest.raises(ValueError, match="exactly 2 modalities"):
-        DMAE(schema, modalities=["text"])
-    one = Schema(seq_len=5, vocab={"user_id": 3, "item_id": 4, "cate_id": 2}, modalities={"text": 4})
-    with pytest.raises(ValueError, match="exactly 2 modalities"):
-        DMAE(one)
+def test_dmae_with_one_modality_pools_without_cross_fusion(data):
+    """One modality: no eq. (8)-(9); r* is eq. (7)'s mean of the window-attention output over the valid slots
+    (docs/dmae.md), checked against numpy; the decoder reconstructs that one modality. No modality, or more than
+    two, is refused naming the data or the flag that fixes it."""
+    schema, splits, tables, x, y = data
+    model = _dmae(schema, {"text": tables["text"]}, modalities=["text"])
+    assert model.cross_attention is None and len(model.decoder.mlps) == 1
+    batch = _batch(x, 8)
+    feats = model.features(batch)
+    enc = model.encode(feats)
+    seq, valid, rows = enc["seq"][0].numpy(), enc["valid"][0].numpy(), enc["rows"].numpy()
+    want = np.stack([seq[(rows == b) & valid].mean(0) if ((rows == b) & valid).any() else np.zeros(seq.shape[1])
+                     for b in range(8)])
+    np.testing.assert_allclose(enc["interest"][0].numpy(), want, rtol=1e-5, atol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(batch, training=True)) + tf.add_n(model.losses)
+    assert len(model.losses) == 1 and np.isfinite(model.losses[0].numpy())
+    assert all(g is not None for g in tape.gradient(loss, model.decoder.trainable_weights))
+    none = Schema(seq_len=5, vocab={"user_id": 3, "item_id": 4, "cate_id": 2}, modalities={})
+    with pytest.raises(ValueError, match="--dataset=scientific.*--model=din"):
+        DMAE(none)
+    three = Schema(seq_len=5, vocab={"user_id": 3, "item_id": 4, "cate_id": 2}, modalities={"a": 2, "b": 2, "c": 2})
+    with pytest.raises(ValueError, match="--modalities=a,b"):
+        DMAE(three)
+
+
+@pytest.mark.parametrize("all_slots", [False, True])
+@pytest.mark.parametrize("kw", [{}, {"use_mifu": False}, {"modalities": ["image"]}])
+def test_dmae_interest_matches_the_padded_numpy_reference(data, monkeypatch, kw, all_slots):
+    """The packed computation (only the slots j < hist_len, or every slot as under XLA) against eq. (1)-(9) in numpy
+    on the padded layout, on a batch with empty histories, an out-of-vocabulary target and items without an image
+    vector."""
+    import mmctr_tf.models.dmae as dmae_module
+
+    schema, splits, tables, x, y = data
+    model = _dmae(schema, tables, **kw)
+    rng = np.random.default_rng(1)
+    model.set_weights([w + rng.normal(scale=0.3, size=w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
+                       for w in model.get_weights()])
+    model.set_tables(tables)
+    batch = _batch(x, 16)
+    batch["hist_len"] = batch["hist_len"].copy()
+    batch["hist_len"][[0, 5]] = 0
+    batch["item_id"] = batch["item_id"].copy()
+    batch["item_id"][3] = 10 ** 6
+    assert not tables["image"].present.all()  # the synthetic data has items without an image vector
+    pack = dmae_module.pack_slots
+    monkeypatch.setattr(dmae_module, "pack_slots", lambda mask, **_: pack(mask, all_slots))
+    got = model.encode(model.features(batch))["interest"]
+    for g, w in zip(got, numpy_interest(model, batch)):
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-5)
 
 
 def test_dmae_shapes_distributions_and_config_round_trip(data):

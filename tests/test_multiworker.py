@@ -22,6 +22,7 @@ from mmctr_tf.training import multiworker as mw
 from mmctr_tf.training.trainer import TrainConfig, compile_model
 
 from conftest import REPO
+from test_dice import check_stored_dice_statistics
 
 SMALL = {"emb_dim": 8, "dnn_units": [32, 16], "att_units": [16, 8]}
 DMAE_SMALL = {**SMALL, "mieu_dim": 8, "num_buckets": 6, "decoder_units": [16]}
@@ -154,6 +155,7 @@ def test_custom_loop_run_dir_and_resume(small_dataset, tmp_path, monkeypatch):
     assert {"auc", "loss", "val_auc", "val_loss"} <= set(epochs[0])
     assert result["best_epoch"] == max(epochs, key=lambda e: e["val_auc"])["epoch"]  # validation, never test
     assert result["replicas"] == 2 and result["global_batch"] == 64 and {"auc", "gauc_user"} <= set(result["test"])
+    check_stored_dice_statistics(run, small_dataset)
 
 
 def _free_port():

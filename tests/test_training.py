@@ -19,6 +19,7 @@ from mmctr_tf.training import callbacks as cb
 from mmctr_tf.training.trainer import TrainConfig, load_run, train
 
 from conftest import REPO
+from test_dice import check_stored_dice_statistics
 
 SMALL = {"emb_dim": 8, "dnn_units": [32, 16], "att_units": [16, 8]}
 
@@ -111,6 +112,7 @@ def test_killed_run_resumes_from_last_epoch(small_dataset, tmp_path):
     assert seen.seen == [3]  # epochs 1-2 were restored, not re-run
     assert [e["epoch"] for e in cb.read_epochs(str(tmp_path / "run"))] == [1, 2, 3]
     assert result["epochs_run"] == 3
+    check_stored_dice_statistics(tmp_path / "run", small_dataset)
 
 
 def test_resume_refuses_a_different_model(small_dataset, tmp_path):
@@ -129,12 +131,14 @@ def test_two_replica_mirrored_strategy_on_cpu(small_dataset, tmp_path):
                         batch_size=64), SMALL, log=lambda *a: None)
     assert result["replicas"] == 2 and result["global_batch"] == 128
     assert np.isfinite(result["test"]["auc"])
+    check_stored_dice_statistics(tmp_path / "mirrored", small_dataset)
 
 
 def test_jit_compiled_training(small_dataset, tmp_path):
     result = train(_cfg(small_dataset, tmp_path / "xla", epochs=1, steps_per_epoch=5, jit_compile=True,
                         model="mm_concat"), SMALL, log=lambda *a: None)
     assert np.isfinite(result["test"]["auc"])
+    check_stored_dice_statistics(tmp_path / "xla", small_dataset)
 
 
 @pytest.mark.parametrize("name", ["mm_concat", "simtier", "dmae", "diff_msin"])

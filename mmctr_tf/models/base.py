@@ -75,6 +75,7 @@ class CTRModel(keras.Model):
     frozen tables inside the model (float32 | float16 | int8)."""
 
     uses_modalities = False
+    table_inverse_norms = False  # models that read the tables only through cosines (FrozenVectorTable.cosines)
 
     def __init__(self, schema, emb_dim: int = 16, table_storage: str = "float32", modalities=None,
                  emb_l2: float = 0.0, **kwargs):
@@ -94,7 +95,7 @@ class CTRModel(keras.Model):
         }
         self.tables = {
             m: FrozenVectorTable(self.schema.vocab["item_id"], self.schema.modalities[m], table_storage,
-                                 name=f"table_{m}")
+                                 inverse_norms=self.table_inverse_norms, name=f"table_{m}")
             for m in self.modalities
         }
 

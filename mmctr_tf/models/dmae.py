@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mmctr_tf.layers.core import masked_mean, safe_cosine, serializable
-from mmctr_tf.layers.dmae import (CrossModalInterestAttention, InterestDecoder, InterestDistribution,
-                                  SimilarityEncoder, SlidingWindowAttention)
+from mmctr_tf.layers.core import serializable
+from mmctr_tf.layers.dmae import (
+    CrossModalInterestAttention,
+    InterestDecoder,
+    InterestDistribution,
+    SimilarityEncoder,
+    SlidingWindowAttention,
+    pack_slots,
+    segment_mean,
+)
 from mmctr_tf.models.din import DIN
 
 
@@ -22,21 +29,27 @@ class DMAE(DIN):
     (False = "w/o MIFU": r*_m = masked mean of the MIEU outputs), decoder_units (hidden layers of the decoder MLP),
     q_activation (softmax | sigmoid, see InterestDecoder), window_residual (residual in the window attention).
 
-    Exactly two modalities are required (the first plays m1, the second m2). A history slot whose vector of a
-    modality is missing, and every slot when the target's vector is missing, is masked in that modality's
-    similarity sequence.
+    Two modalities (the first plays m1, the second m2) are fused by the cross attention of eq. (8)-(9); with one
+    modality there is no cross-modal fusion: r*_m is the pooled window-attention output of eq. (7) (docs/dmae.md).
+    A history slot whose vector of a modality is missing, and every slot when the target's vector is missing, is
+    masked in that modality's similarity sequence.
     """
 
     uses_modalities = True
+    table_inverse_norms = True  # r needs cosines only: FrozenVectorTable.cosines
 
     def __init__(self, schema, lambda_dec: float = 0.5, l: int = 10, n: int = 10,  # noqa: E741 (paper's names)
                  num_buckets: int = 20, window: int = 10, mask_ratio: float = 0.3, mieu_dim: int = 16,
                  use_sine_cosine: bool = True, use_time_axis: bool = True, use_mifu: bool = True,
                  decoder_units=(64,), q_activation: str = "softmax", window_residual: bool = True, **kwargs):
         super().__init__(schema, **kwargs)
-        if len(self.modalities) != 2:
-            raise ValueError(f"DMAE needs exactly 2 modalities (m1, m2 of eq. 8-9); got {self.modalities} "
-                             f"(dataset has {list(self.schema.modalities)}; pass modalities=[m1, m2])")
+        if not self.modalities:
+            raise ValueError("DMAE needs item vectors of one or two modalities and the dataset has none: use a "
+                             "dataset converted with vector tables (e.g. --dataset=scientific) or an ID-only model "
+                             "(--model=din)")
+        if len(self.modalities) > 2:
+            raise ValueError(f"DMAE fuses one or two modalities (eq. 8-9 pair m1 with m2); the dataset has "
+                             f"{self.modalities}: choose them with --modalities={','.join(self.modalities[:2])}")
         if float(lambda_dec) < 0:
             raise ValueError(f"DMAE: lambda_dec must be >= 0, got {lambda_dec}")
         self.lambda_dec, self.l, self.n = float(lambda_dec), int(l), int(n)
@@ -54,49 +67,81 @@ class DMAE(DIN):
         self.window_attention = ({m: SlidingWindowAttention(self.mieu_dim, self.window, self.window_residual,
                                                             name=f"mifu_window_{m}") for m in self.modalities}
                                  if self.use_mifu else {})
-        self.cross_attention = CrossModalInterestAttention(self.mieu_dim, name="mifu_cross") if self.use_mifu else None
+        self.cross_attention = (CrossModalInterestAttention(self.mieu_dim, name="mifu_cross")
+                                if self.use_mifu and len(self.modalities) == 2 else None)
         self.distribution = InterestDistribution(self.time_segments, self.n, name="interest_distribution")
         self.decoder = None
         if self.lambda_dec > 0:
-            self.decoder = InterestDecoder(self.time_segments, self.n, 2, self.decoder_units, self.mask_ratio,
+            M = len(self.modalities)
+            self.decoder = InterestDecoder(self.time_segments, self.n, M, self.decoder_units, self.mask_ratio,
                                            self.lambda_dec, self.q_activation, name="iddu_decoder")
             # built now (not at its first training call) so weights exist for save/load before any training
-            self.decoder.build([(None, L, self.mieu_dim)] * 2)
+            self.decoder.build([(None, L, self.mieu_dim)] * M)
 
     # ------------------------------------------------------------------------------------------- MIEU / MIFU
-    def similarities(self, feats):
-        """{m: (r [B, L] in [0, 1], 0 where masked; mask [B, L] bool)} with r = (cos + 1) / 2 (SPEC §2)."""
+    def packed_slots(self, feats):
+        """(rows [N], slots [N]) of the packed history (mmctr_tf/layers/dmae.py): the slots j < hist_len, or every
+        slot when traced for XLA, which needs shapes that do not depend on the data."""
+        return pack_slots(feats["mask"], all_slots=tf.__internal__.get_enclosing_xla_context() is not None)
+
+    def packed_similarities(self, feats, rows, slots):
+        """{m: (r [N] in [0, 1], 0 where not valid; valid [N] bool)} on the packed slots, r = (cos + 1) / 2
+        (SPEC §2), from the tables' stored inverse row norms (`FrozenVectorTable.cosines`). A position is valid iff
+        it is a behaviour (slot < hist_len) and the target's and the behaviour's vectors of m are present."""
+        ids = feats["ids"]
+        hist_ids = tf.gather_nd(ids["hist_item_id"], tf.stack([rows, slots], axis=1))
+        target_ids = tf.gather(ids["item_id"], rows)
+        behaviour = slots < tf.gather(feats["hist_len"], rows)
         out = {}
         for m in self.modalities:
-            tv, hv, tp, hp = feats["vec"][m]
-            mask = feats["mask"] & (hp > 0) & tf.expand_dims(tp > 0, 1)
-            r = (safe_cosine(tf.expand_dims(tv, 1), hv) + 1.0) / 2.0
-            out[m] = (tf.where(mask, r, tf.zeros_like(r)), mask)
+            table = self.tables[m]
+            tv, _, tp, _ = feats["vec"][m]
+            hv, hp = table(hist_ids)
+            valid = behaviour & (hp > 0) & tf.gather(tp > 0, rows)
+            r = (table.cosines(target_ids, tf.gather(tv, rows), hist_ids, hv) + 1.0) / 2.0
+            out[m] = (tf.where(valid, r, tf.zeros_like(r)), valid)
         return out
 
+    def similarities(self, feats):
+        """{m: (r [B, L], mask [B, L] bool)} in the padded layout (for inspection): `packed_similarities` scattered
+        back, r = 0 and mask False at padded or masked slots."""
+        rows, slots = self.packed_slots(feats)
+        pos, shape = tf.stack([rows, slots], axis=1), tf.shape(feats["mask"])
+        return {m: (tf.scatter_nd(pos, r, shape), tf.scatter_nd(pos, tf.cast(valid, tf.int32), shape) > 0)
+                for m, (r, valid) in self.packed_similarities(feats, rows, slots).items()}
+
     def encode(self, feats, training=None):
-        """MIEU + MIFU. Returns {"r": [r_m1, r_m2], "mask": [...], "seq": per-behaviour interest sequences after
-        the window attention (the decoder's input), "interest": [r*_m1, r*_m2]}."""
-        sims = self.similarities(feats)
-        rs, masks, seqs = [], [], []
+        """MIEU + MIFU on the packed history. Returns {"rows", "slots", "r": [r_m1, r_m2], "valid": [...], "seq":
+        per-behaviour interest sequences after the window attention (the decoder's input), "interest": [r*_m1,
+        r*_m2] ([B, d] each)}."""
+        rows, slots = self.packed_slots(feats)
+        num_rows = tf.shape(feats["mask"])[0]
+        recency = tf.gather(feats["hist_len"], rows) - 1 - slots  # "T - j" of eq. (4), 0 = most recent
+        sims = self.packed_similarities(feats, rows, slots)
+        rs, valids, seqs = [], [], []
         for m in self.modalities:
-            r, mask = sims[m]
-            seq = self.encoders[m](r, mask, feats["hist_len"])  # eq. (1)-(4)
+            r, valid = sims[m]
+            seq = self.encoders[m](r, valid, recency)  # eq. (1)-(4)
             if self.use_mifu:
-                seq = self.window_attention[m](seq, mask)  # eq. (5)-(6)
-            rs.append(r), masks.append(mask), seqs.append(seq)
-        if self.use_mifu:
-            interest = list(self.cross_attention(seqs[0], seqs[1], masks[0], masks[1]))  # eq. (7)-(9)
-        else:
-            interest = [masked_mean(s, k) for s, k in zip(seqs, masks)]
-        return {"r": rs, "mask": masks, "seq": seqs, "interest": interest}
+                seq = self.window_attention[m](seq, valid, rows)  # eq. (5)-(6)
+            rs.append(r), valids.append(valid), seqs.append(seq)
+        if self.cross_attention is not None:  # eq. (7)-(9)
+            interest = list(self.cross_attention(seqs[0], seqs[1], valids[0], valids[1], rows, num_rows))
+        else:  # w/o MIFU, or one modality: eq. (7) pooling only
+            interest = [segment_mean(s, v, rows, num_rows) for s, v in zip(seqs, valids)]
+        return {"rows": rows, "slots": slots, "r": rs, "valid": valids, "seq": seqs, "interest": interest}
+
+    def distributions(self, feats, enc):
+        """P [B, l, n] per modality (eq. 10)."""
+        return [self.distribution(r, v, enc["rows"], enc["slots"], feats["hist_len"])
+                for r, v in zip(enc["r"], enc["valid"])]
 
     def dnn_inputs(self, feats, training=None):
         parts = super().dnn_inputs(feats, training=training)  # [v_u, v_i, h] (eq. 14)
         enc = self.encode(feats, training=training)
         if training and self.decoder is not None:  # IDDU: training only, never in the inference graph
-            targets = [self.distribution(r, k, feats["hist_len"]) for r, k in zip(enc["r"], enc["mask"])]
-            self.decoder(enc["seq"], enc["mask"], targets, training=True)  # adds lambda_dec * L_dec
+            self.decoder(enc["seq"], enc["valid"], self.distributions(feats, enc), enc["rows"],
+                         training=True)  # adds lambda_dec * L_dec
         return parts + enc["interest"]  # eq. (15)
 
     # ------------------------------------------------------------------------------------------- inspection
@@ -105,10 +150,11 @@ class DMAE(DIN):
         valid slot (no random mask), in inference mode."""
         feats = self.features(inputs, training=False)
         enc = self.encode(feats, training=False)
+        num_rows = tf.shape(feats["mask"])[0]
         out = {}
-        for i, m in enumerate(self.modalities):
-            p = self.distribution(enc["r"][i], enc["mask"][i], feats["hist_len"])
-            q = self.decoder.decode(i, enc["seq"][i], enc["mask"][i]) if self.decoder is not None else None
+        for i, (m, p) in enumerate(zip(self.modalities, self.distributions(feats, enc))):
+            q = (self.decoder.decode(i, enc["seq"][i], enc["valid"][i], enc["rows"], num_rows)
+                 if self.decoder is not None else None)
             out[m] = (p, q)
         return out
 

@@ -209,6 +209,8 @@ class CustomLoop:
         def sync_local_state():
             strategy.run(replica_sync)
 
+        self.dice = cb.DiceStatistics(data, strategy, self.global_batch, cfg.seed)  # re-estimated before validation
+        self.dice.set_model(model)
         self._train_step, self._eval_step = train_step, eval_step
         self._sync = sync_local_state if local_state else (lambda: None)
         self._iterator = None
@@ -238,6 +240,7 @@ class CustomLoop:
             m.reset_state()
         self.train_steps(self._iterator, self.steps, guard)
         self._sync()
+        self.dice.reestimate()
         self._eval_step(self._split("valid"))
         logs = {"auc": self.auc.result(), "loss": self.loss.result(), **{m.name: m.result() for m in self.aux},
                 "val_auc": self.val_auc.result(), "val_loss": self.val_loss.result()}

@@ -354,6 +354,7 @@ def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, replicas: i
                                          double_checkpoint=True),
         best, cb.EpochLog(run_dir, epoch_extra), speed,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+        cb.DiceStatistics(data, strategy, global_batch, cfg.seed),  # Dice's statistics, before each validation
         *extra_callbacks,
     ]
     try:
