@@ -304,7 +304,7 @@ def _train(cfg: TrainConfig, hparams: Optional[dict], run_dir: str, log, extra_c
         log(f"[train] {cfg.model} on {data.path}: {model.count_params():,} parameters, {replicas} replica(s), "
             f"global batch {global_batch}, {steps} steps/epoch, run_dir {run_dir}")
         log(describe_logs(model))
-        result = _fit(model, data, cfg, run_dir, best, replicas, steps, epoch_extra, extra_callbacks)
+        result = _fit(model, data, cfg, run_dir, best, strategy, steps, epoch_extra, extra_callbacks)
     else:
         log(f"[train] {run_dir}: training finished earlier; evaluating again ({METRICS} recorded: "
             f"{'; '.join(failed_splits(previous).values())})")
@@ -338,9 +338,10 @@ def evaluate_or_error(model, data: Dataset, split: str, batch_size: int) -> dict
         return {"error": unreadable(data, [split]) or f"{split} data: {tf_error_text(e)}"}
 
 
-def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, replicas: int, steps: int, epoch_extra,
+def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, strategy, steps: int, epoch_extra,
          extra_callbacks) -> dict:
     """Keras `fit` with the run directory's callbacks; returns the training part of metrics.json."""
+    replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
     train_ds = data.tf_dataset("train", global_batch, shuffle=True, seed=cfg.seed, repeat=True)
     valid_ds = data.tf_dataset("valid", global_batch)
