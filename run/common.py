@@ -59,7 +59,8 @@ HPARAM_FLAGS = {
     "att_activation": flags.DEFINE_string("att_activation", None, "dice | prelu | sigmoid."),
     "att_normalization": flags.DEFINE_string("att_normalization", None, "none (DIN paper) | softmax."),
     "dropout": flags.DEFINE_float("dropout", None, "Dropout rate in MLPs."),
-    "table_storage": flags.DEFINE_string("table_storage", None, "Frozen table dtype in the model: float32|float16|int8."),
+    "table_storage": flags.DEFINE_string("table_storage", None,
+                                         "Frozen table dtype in the model: float32|float16|int8."),
     "modalities": flags.DEFINE_list("modalities", None, "Modalities a multimodal model uses (default: all)."),
     "emb_l2": flags.DEFINE_float("emb_l2", None, "DIN mini-batch-aware L2 on the embedding rows of each batch."),
     # DMAE (docs/dmae.md)

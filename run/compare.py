@@ -56,8 +56,8 @@ CHECKS = {"seeds": (lambda v: v >= 1, ">= 1"), "learning_rates": (_rates, "a lis
 
 def main(argv):
     del argv
-    bad = common.flag_error(["models", "seeds", "learning_rates", "batch_sizes"] + [f for f in common.TRAIN_FLAGS if f != "model"],
-                            CHECKS)
+    own = ["models", "seeds", "learning_rates", "batch_sizes"]
+    bad = common.flag_error(own + [f for f in common.TRAIN_FLAGS if f != "model"], CHECKS)
     if bad:
         return common.fail(f"run.compare: {bad}")
     if FLAGS.print_config:

@@ -3,8 +3,8 @@
 Prints a one-line table and writes `<run_dir>/eval_<split>.json`, which names the dataset; `--dataset` evaluates the
 run on another dataset than its own, with a warning, and records the run's own in `trained_on`. With
 --baseline_run_dir, adds RelaImpr ((AUC - 0.5) / (AUC_base - 0.5) - 1) against that run on the same split. GAUC is
-impression-weighted (see mmctr_tf/evaluation/metrics.py). A second table gives AUC and Logloss per bucket of the target item's
-training clicks (--click_buckets).
+impression-weighted (see mmctr_tf/evaluation/metrics.py). A second table gives AUC and Logloss per bucket of the
+target item's training clicks (--click_buckets).
 """
 
 from __future__ import annotations

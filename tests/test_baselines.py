@@ -7,7 +7,6 @@ Run: python -m pytest tests/test_baselines.py -x -q
 
 from __future__ import annotations
 
-
 import keras
 import numpy as np
 import pytest

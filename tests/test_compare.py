@@ -239,7 +239,8 @@ def test_training_clicks_and_each_runs_buckets_against_independent_computations(
 
 def test_cli_flags_keep_dataset_config_but_not_one_models_config():
     with flagsaver.flagsaver():
-        common.parse_for_several_models(["prog", "--dataset=synthetic", "--epochs=2", "--models=din,dmae", "--emb_dim=4"])
+        common.parse_for_several_models(["prog", "--dataset=synthetic", "--epochs=2", "--models=din,dmae",
+                                         "--emb_dim=4"])
         assert common.FLAGS.epochs == 2 and common.FLAGS.patience == 1  # configs/datasets/synthetic.cfg applies
         assert not common.FLAGS["att_units"].present  # configs/models/din.cfg is not applied to every model
         hp = common.accepted_model_hparams("dmae", log=lambda *a: None)

@@ -95,8 +95,10 @@ def check_din_examples(path, exp, full_items, item_cate=None):
                 assert [cates[x] for x in c["hist_cate_id"][r][:hl]] == [item_cate.get(items[x]) for x in h[:hl]]
         assert sorted(got) == sorted(exp[split])
         # negatives: same history as a positive of the user, an item the user never interacted with
-        pos_keys = collections.Counter((int(c["user_id"][r]), tuple(c["hist_item_id"][r])) for r in np.flatnonzero(pos))
-        neg_keys = collections.Counter((int(c["user_id"][r]), tuple(c["hist_item_id"][r])) for r in np.flatnonzero(~pos))
+        def keys(rows):
+            return collections.Counter((int(c["user_id"][r]), tuple(c["hist_item_id"][r])) for r in rows)
+
+        pos_keys, neg_keys = keys(np.flatnonzero(pos)), keys(np.flatnonzero(~pos))
         assert pos_keys == neg_keys
         for r in np.flatnonzero(~pos):
             neg = int(c["item_id"][r])
@@ -882,7 +884,8 @@ def test_shared_s3rec_subset(tmp_path):
                 g.write(f"{r['user_id']},{r['item_id']},{r['seq_pos']}\n")
                 events.append((r["user_id"], r["item_id"], int(r["seq_pos"])))
     with open(os.path.join(S3REC, "Beauty.items.csv")) as f:
-        first_attr = {r["item_id"]: r["attribute_ids"].split()[0] for r in csv.DictReader(f) if r["attribute_ids"].split()}
+        first_attr = {r["item_id"]: r["attribute_ids"].split()[0] for r in csv.DictReader(f)
+                      if r["attribute_ids"].split()}
     out = str(tmp_path / "beauty")
     m = converters.convert("beauty", S3REC, out, log=quiet,
                            generic_options=generic.GenericOptions(interactions=sub))

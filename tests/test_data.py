@@ -42,7 +42,9 @@ def test_round_trip_equals_input(tmp_path, compression):
         got["label"].append(label.numpy())
     got = {k: np.concatenate(v) for k, v in got.items()}
     # shards are dealt round-robin: sort both sides by a unique row key to compare
-    key = lambda c: np.lexsort([c["hist_item_id"][:, i] for i in range(schema.seq_len)] + [c["item_id"], c["user_id"]])
+    def key(c):
+        return np.lexsort([c["hist_item_id"][:, i] for i in range(schema.seq_len)] + [c["item_id"], c["user_id"]])
+
     a, b = key(cols), key(got)
     for k in cols:
         np.testing.assert_array_equal(np.asarray(cols[k])[a], got[k][b], err_msg=k)
@@ -113,8 +115,10 @@ def test_reader_deterministic_with_seed(tmp_path):
     schema, rng = _schema(), np.random.default_rng(1)
     with ShardedWriter(str(tmp_path), "train", schema, num_shards=4, compression=None) as w:
         w.write(_columns(500, schema.seq_len, rng))
-    order = lambda: np.concatenate([f["user_id"].numpy() * 100 + f["item_id"].numpy()
-                                    for f, _ in make_dataset(w.paths, schema, 64, shuffle=True, seed=3)])
+    def order():
+        return np.concatenate([f["user_id"].numpy() * 100 + f["item_id"].numpy()
+                               for f, _ in make_dataset(w.paths, schema, 64, shuffle=True, seed=3)])
+
     first, second = order(), order()
     np.testing.assert_array_equal(first, second)
 

@@ -76,7 +76,8 @@ def test_normalize_inputs_truncates_to_most_recent_and_clips():
     inputs = {"user_id": [7, 1], "item_id": [3, 12], "cate_id": [1, 2],
               "hist_item_id": [[1, 2, 3, 4, 5], [6, 0, 0, 0, 0]], "hist_cate_id": [[1, 1, 2, 2, 1], [2, 0, 0, 0, 0]],
               "hist_len": [5, 1]}
-    out = {k: np.asarray(v) for k, v in normalize_inputs({k: tf.constant(v) for k, v in inputs.items()}, schema).items()}
+    normalized = normalize_inputs({k: tf.constant(v) for k, v in inputs.items()}, schema)
+    out = {k: np.asarray(v) for k, v in normalized.items()}
     np.testing.assert_array_equal(out["hist_item_id"], [[3, 4, 5], [6, 0, 0]])
     np.testing.assert_array_equal(out["hist_len"], [3, 1])
     np.testing.assert_array_equal(out["user_id"], [0, 1])  # 7 >= vocab 5 -> OOV row 0

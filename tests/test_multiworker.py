@@ -14,15 +14,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
+from test_dice import check_stored_dice_statistics
 
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.models import build_model
 from mmctr_tf.training import callbacks as cb
 from mmctr_tf.training import multiworker as mw
 from mmctr_tf.training.trainer import TrainConfig, compile_model
-
-from conftest import REPO
-from test_dice import check_stored_dice_statistics
 
 SMALL = {"emb_dim": 8, "dnn_units": [32, 16], "att_units": [16, 8]}
 DMAE_SMALL = {**SMALL, "mieu_dim": 8, "num_buckets": 6, "decoder_units": [16]}

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl.testing import flagsaver
+from conftest import REPO, lock_holder
+from test_training import _Kill, _SeenEpochs
 
 from mmctr_tf import locks
 from mmctr_tf.data.datasets import Dataset
@@ -29,9 +31,6 @@ from mmctr_tf.export import saved_model as sm
 from mmctr_tf.training import callbacks as cb
 from mmctr_tf.training.trainer import load_run, train
 from run import common
-
-from conftest import REPO, lock_holder
-from test_training import _Kill, _SeenEpochs
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 ARGS = ["--model=din", "--epochs=4", "--steps_per_epoch=15", "--batch_size=256", "--learning_rate=0.01",

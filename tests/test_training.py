@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
+from test_dice import check_stored_dice_statistics
 
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.evaluation.metrics import auc
@@ -17,9 +19,6 @@ from mmctr_tf.export import saved_model as sm
 from mmctr_tf.models import dummy_batch
 from mmctr_tf.training import callbacks as cb
 from mmctr_tf.training.trainer import TrainConfig, load_run, train
-
-from conftest import REPO
-from test_dice import check_stored_dice_statistics
 
 SMALL = {"emb_dim": 8, "dnn_units": [32, 16], "att_units": [16, 8]}
 

@@ -56,7 +56,8 @@ class Schema:
                 raise SchemaError(f"schema: vocab has no entry for required field '{name}'")
         for name in self.vocab:
             if name != "user_id" and name not in ITEM_SIDE_FEATURES:
-                raise SchemaError(f"schema: unknown id field '{name}' (allowed: user_id, {', '.join(ITEM_SIDE_FEATURES)})")
+                raise SchemaError(f"schema: unknown id field '{name}' "
+                                  f"(allowed: user_id, {', '.join(ITEM_SIDE_FEATURES)})")
         for name, size in self.vocab.items():
             if size < 2:
                 raise SchemaError(f"schema: vocab size of '{name}' is {size}; it must be >= 2 (row 0 is padding/OOV)")

@@ -138,16 +138,20 @@ def load_table(table_dir: str, modality: str, entry: dict, mmap: bool = False) -
     if values.ndim != 2:
         raise SchemaError(f"{vpath}: table '{modality}' values must be 2-D, got shape {values.shape}")
     if str(values.dtype) != entry.get("dtype"):
-        raise SchemaError(f"{vpath}: table '{modality}' field 'dtype' is {values.dtype}, manifest says {entry.get('dtype')}")
+        raise SchemaError(f"{vpath}: table '{modality}' field 'dtype' is {values.dtype}, "
+                          f"manifest says {entry.get('dtype')}")
     if values.shape[1] != entry.get("dim"):
-        raise SchemaError(f"{vpath}: table '{modality}' field 'dim' is {values.shape[1]}, manifest says {entry.get('dim')}")
+        raise SchemaError(f"{vpath}: table '{modality}' field 'dim' is {values.shape[1]}, "
+                          f"manifest says {entry.get('dim')}")
     if values.shape[0] != entry.get("rows"):
-        raise SchemaError(f"{vpath}: table '{modality}' field 'rows' is {values.shape[0]}, manifest says {entry.get('rows')}")
+        raise SchemaError(f"{vpath}: table '{modality}' field 'rows' is {values.shape[0]}, "
+                          f"manifest says {entry.get('rows')}")
     if present.shape != (values.shape[0],) or present.dtype != np.bool_:
         raise SchemaError(f"{paths['present']}: table '{modality}' field 'present' must be bool [{values.shape[0]}], "
                           f"got {present.dtype} {present.shape}")
     if scale is not None and (scale.shape != (values.shape[0],) or not np.all(np.isfinite(scale))):
-        raise SchemaError(f"{paths['scale']}: table '{modality}' field 'scale' must be finite float [{values.shape[0]}]")
+        raise SchemaError(f"{paths['scale']}: table '{modality}' field 'scale' must be finite float "
+                          f"[{values.shape[0]}]")
     if values.dtype != np.int8:
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():

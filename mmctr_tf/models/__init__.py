@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 
 from mmctr_tf.models.base import CTRModel, dummy_batch
-from mmctr_tf.models.baselines import BST, DINSimTier, DeepFM, FM, GRU4Rec, LR, WideDeep, YouTubeNet
-from mmctr_tf.models.din import DIN, MMConcat
+from mmctr_tf.models.baselines import BST, FM, LR, DeepFM, DINSimTier, GRU4Rec, WideDeep, YouTubeNet
 from mmctr_tf.models.diff_msin import DiffMSIN
+from mmctr_tf.models.din import DIN, MMConcat
 from mmctr_tf.models.dmae import DMAE
 
 MODELS = {"din": DIN, "mm_concat": MMConcat, "dmae": DMAE, "diff_msin": DiffMSIN,

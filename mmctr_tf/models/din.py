@@ -23,7 +23,8 @@ class DIN(CTRModel):
                  dropout: float = 0.0, **kwargs):
         super().__init__(schema, **kwargs)
         self.backbone_name = backbone
-        self.att_units, self.att_activation, self.att_normalization = tuple(att_units), att_activation, att_normalization
+        self.att_units, self.att_activation = tuple(att_units), att_activation
+        self.att_normalization = att_normalization
         self.dnn_units, self.dnn_activation, self.dropout = tuple(dnn_units), dnn_activation, float(dropout)
         self.backbone = make_backbone(backbone, att_units=att_units, att_activation=att_activation,
                                       att_normalization=att_normalization, seq_len=self.schema.seq_len,

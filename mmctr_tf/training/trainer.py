@@ -55,7 +55,8 @@ class TrainConfig:
     allow_changed_flags: bool = False  # resume with other training flags (recorded per epoch in epochs.jsonl)
 
     def resolved_run_dir(self) -> str:
-        return self.run_dir or os.path.join("runs", f"{self.model}-{os.path.basename(self.dataset.rstrip('/'))}-s{self.seed}")
+        name = os.path.basename(self.dataset.rstrip("/"))
+        return self.run_dir or os.path.join("runs", f"{self.model}-{name}-s{self.seed}")
 
 
 def configure_cpu_devices(n: int) -> None:
