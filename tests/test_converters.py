@@ -26,6 +26,7 @@ from mmctr_tf.data.converters.amazon import parse_record
 from mmctr_tf.data.converters.reading import ConversionError
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
 from mmctr_tf.data.schema import SchemaError, read_manifest, write_manifest
+from mmctr_tf.data.summary import print_summary
 from mmctr_tf.locks import LockHeld
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -948,6 +949,13 @@ def test_generic_log_with_labels_keeps_real_non_clicks(tmp_path):
     rows01 = _labelled_log(raw01, "click", lambda u, k: int((u * k) % 3 == 0))
     m01 = converters.convert("lab01", raw01, str(tmp_path / "lab01"), log=quiet)
     assert m01["stats"]["positives"] == sum(v for *_, v in rows01)
+    # a log without a category column: 0 categories in the summary's header and its stats line alike (the category
+    # vocabulary still has 2 rows, the minimum of a schema)
+    assert m01["stats"]["categories"] == 0 and m01["schema"]["vocab"]["cate_id"] == 2
+    lines = []
+    print_summary(m01, str(tmp_path / "lab01"), log=lines.append)
+    counts = re.findall(r"categories (\d+)", "\n".join(lines))
+    assert counts == ["0", "0"], lines
 
 
 def test_generic_auto_vectors_use_an_item_list_beside_them_and_cut_events_are_warned(tmp_path):

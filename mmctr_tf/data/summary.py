@@ -8,9 +8,11 @@ from __future__ import annotations
 def print_summary(manifest: dict, out_dir: str, log=print) -> None:
     """Writes the summary of the dataset described by `manifest` (stored at `out_dir`) line by line to `log`."""
     schema = manifest["schema"]
+    # the category vocabulary has at least 2 rows (padding + one), even when the data has no category column
+    cates = manifest.get("stats", {}).get("categories", schema["vocab"]["cate_id"] - 1)
     log(f"dataset {manifest.get('name')} -> {out_dir}")
     log(f"  users {schema['vocab']['user_id'] - 1}, items {schema['vocab']['item_id'] - 1}, "
-        f"categories {schema['vocab']['cate_id'] - 1}, seq_len {schema['seq_len']}, modalities {schema['modalities']}")
+        f"categories {cates}, seq_len {schema['seq_len']}, modalities {schema['modalities']}")
     log(f"  {'split':<6} {'examples':>9} {'users':>7} {'pos.rate':>9} {'bayes AUC':>10}  oov")
     for split, e in manifest["splits"].items():
         bayes = e.get("bayes_auc")
