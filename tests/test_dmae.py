@@ -553,9 +553,14 @@ def test_dmae_shapes_distributions_and_config_round_trip(data):
     enc = model.encode(model.features(batch, training=False), training=False)
     for i, (P, Q) in enumerate(pq.values()):
         assert P.shape == (8, 4, 5) and Q.shape == (8, 4, 5)
-        # Q of modality i: decoder MLP i on modality i's MIFU sequence over its valid slots (numpy)
-        np.testing.assert_allclose(Q.numpy(), _numpy_decode(model.decoder.mlps[i], enc["seq"][i].numpy(),
-                                                            enc["mask"][i].numpy(), 4, 5), rtol=1e-5, atol=1e-7)
+        # Q of modality i: decoder MLP i on modality i's MIFU sequence over its valid slots (numpy, on the padded
+        # [B, L] layout rebuilt from the packed positions)
+        rows, slots, packed = enc["rows"].numpy(), enc["slots"].numpy(), enc["seq"][i].numpy()
+        seq = np.zeros((8, schema.seq_len, packed.shape[-1]))
+        mask = np.zeros((8, schema.seq_len), bool)
+        seq[rows, slots], mask[rows, slots] = packed, enc["valid"][i].numpy()
+        np.testing.assert_allclose(Q.numpy(), _numpy_decode(model.decoder.mlps[i], seq, mask, 4, 5),
+                                   rtol=1e-5, atol=1e-7)
         sums = tf.reduce_sum(P, axis=[1, 2]).numpy()
         assert np.all(np.isclose(sums, 1.0, atol=1e-5) | (hl == 0))
     # keras serialisation round trip of the model

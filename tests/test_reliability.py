@@ -445,8 +445,8 @@ def test_flags_are_validated_before_tensorflow_and_before_any_file(tmp_path):
 def test_evaluating_a_run_on_another_dataset_warns_and_names_both(small_dataset, tmp_path):
     """Issue #15.10: run.evaluate of a run on a dataset other than its own (was: scored silently, and
     eval_<split>.json did not name the dataset) warns, naming both, and records both."""
+    from mmctr_tf.evaluation.evaluate import evaluate_run
     from mmctr_tf.models import build_model
-    from run.evaluate import evaluate_run
 
     data = Dataset(small_dataset)
     run, other = tmp_path / "run", tmp_path / "other"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -58,3 +59,27 @@ def evaluate_split(model, data, split: str, batch_size: int = 4096,
         clicks = training_clicks(data)[np.clip(p["item_id"], 0, data.schema.vocab_of("item_id") - 1)]
         out["cold_start"] = M.click_buckets(p["label"], p["prob"], clicks, click_buckets)
     return out
+
+
+def evaluate_run(run_dir: str, split: str, dataset=None, batch_size: int = 4096, warn=None,
+                 click_buckets=None) -> dict:
+    """`run.evaluate`: metrics of the run's best checkpoint on `split` of its own dataset, or of `dataset` (a name or
+    path): then the result records the dataset the run was trained on, and `warn` (default: print to stderr) is
+    told."""
+    from mmctr_tf.data.datasets import Dataset, dataset_dir, ensure_dataset
+    from mmctr_tf.training.trainer import load_run
+
+    model, record = load_run(run_dir)
+    trained_on = record.get("data_path")
+    path = (dataset_dir(dataset, record["train"]["data_dir"]) if dataset else trained_on
+            or ensure_dataset(record["train"]["dataset"], record["train"]["data_dir"]))
+    data = Dataset(path)
+    out = {"model": record["train"]["model"], "run_dir": run_dir, "split": split, "dataset": data.manifest.get("name"),
+           "data_path": path}
+    if trained_on and os.path.realpath(path) != os.path.realpath(trained_on):
+        schema = "" if data.schema.to_dict() == record["schema"] else (
+            ", whose schema differs (ids may stand for other items and the scores mean nothing)")
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            f"run.evaluate: warning: {run_dir} was trained on {trained_on}; evaluating it on {path}{schema}")
+        out["trained_on"] = trained_on
+    return {**out, **evaluate_split(model, data, split, batch_size, click_buckets)}

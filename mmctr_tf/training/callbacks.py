@@ -112,7 +112,7 @@ class DiceStatistics(keras.callbacks.Callback):
     the evaluated Dice is nearly linear where the trained one gated. Here the statistics come from `examples`
     training examples (a shuffled, repeated stream that moves on at every call), the model in inference mode
     except that each Dice layer normalises with its batch's statistics as in training; per-channel counts, sums
-    and sums of squares are float64 and summed over every replica and worker (`strategy.reduce`), so all replicas
+    and sums of squares are float64 and summed over every replica and worker (an all-reduce), so all replicas
     assign the same values. No weight other than the moving statistics changes. `reestimate()` is also called by
     the multi-worker loop (`mmctr_tf.training.multiworker`). A model without Dice costs nothing.
     """
@@ -140,13 +140,15 @@ class DiceStatistics(keras.callbacks.Callback):
         def replica_moments(feats):
             with recording_dice_moments(layers) as records:
                 model(feats, training=False)
-            # {layer index: [count, sum, sum of squares]}, summed over the layer's calls
-            return {str(i): [tf.add_n(list(part)) for part in zip(*rec)] for i, rec in enumerate(records) if rec}
+            # {layer index: [count, sum, sum of squares]}, summed over the layer's calls, then over every replica
+            # of every worker (in replica context, as the multi-worker loop's own all-reduces: `strategy.reduce`
+            # of a nested structure fails inside a tf.function under MultiWorkerMirroredStrategy)
+            local = {str(i): [tf.add_n(list(part)) for part in zip(*rec)] for i, rec in enumerate(records) if rec}
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
 
         @tf.function
         def step(iterator):
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_moments, args=(next(iterator),)),
-                                   axis=None)
+            return strategy.experimental_local_results(strategy.run(replica_moments, args=(next(iterator),)))[0]
 
         self._layers, self._step = layers, step
         self._iterator = iter(strategy.distribute_datasets_from_function(dataset_fn)) if layers else None
