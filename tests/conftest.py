@@ -64,11 +64,13 @@ def capability_protocol():
     """`train(model_name, seed, **hparams) -> test AUC` on the capability data: Adam(1e-3), BCE, batch 256,
     CAPABILITY_EPOCHS epochs, `keras.utils.set_random_seed(seed)` before building."""
     import keras
+    import numpy as np
 
     from mmctr_tf.data.synthetic import SyntheticConfig, generate
     from mmctr_tf.data.tables import quantize
     from mmctr_tf.evaluation.metrics import auc
     from mmctr_tf.models import build_model
+    from mmctr_tf.training.callbacks import reestimate_dice_statistics
 
     schema, splits, vectors, present, _ = generate(SyntheticConfig(**CAPABILITY_DATA))
     tables = {m: quantize(vectors[m], present[m]) for m in schema.modalities}
@@ -80,6 +82,11 @@ def capability_protocol():
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
         model.fit({k: train[k] for k in schema.model_inputs}, train["label"], batch_size=256,
                   epochs=CAPABILITY_EPOCHS, verbose=0)
+        # as the trainer does before every validation (DiceStatistics): Dice's moving statistics re-estimated on
+        # 4096 training examples, so the model evaluated is the one trained
+        rows = np.random.default_rng(seed).permutation(len(train["label"]))[:4096]
+        reestimate_dice_statistics(model, ({k: train[k][rows[i:i + 1024]] for k in schema.model_inputs}
+                                           for i in range(0, len(rows), 1024)))
         p = model.predict({k: test[k] for k in schema.model_inputs}, batch_size=2048, verbose=0)
         return float(auc(test["label"], p))
 

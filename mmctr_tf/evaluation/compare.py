@@ -208,9 +208,9 @@ def run_sweep(specs: Sequence[RunSpec], base_cfg, hparams_of: Dict[str, dict], t
 
 # ------------------------------------------------------------------------------------------------ aggregation
 def summary(values: Sequence[Optional[float]]) -> dict:
-    """{"mean", "std" (ddof = 1; None for one value), "n", "values"} over the values that are not None or NaN (a
-    bucket of one class has no AUC); mean and std are None when there is none."""
-    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    """{"mean", "std" (ddof = 1; None for one value), "n", "values"} over the values that are not None; mean and
+    std are None when there is none."""
+    vals = [float(v) for v in values if v is not None]
     if not vals:
         return {"mean": None, "std": None, "n": 0, "values": list(values)}
     arr = np.asarray(vals, dtype=np.float64)

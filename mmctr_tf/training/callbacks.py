@@ -127,7 +127,7 @@ class DiceStatistics(keras.callbacks.Callback):
         self.reestimate()
 
     def _build(self):
-        from mmctr_tf.layers.core import dice_layers, recording_dice_moments
+        from mmctr_tf.layers.core import dice_layers
 
         layers = dice_layers(self.model)
         model, strategy, data, global_batch, seed = self.model, self.strategy, self.data, self.global_batch, self.seed
@@ -138,13 +138,11 @@ class DiceStatistics(keras.callbacks.Callback):
                                    shard=(ctx.num_input_pipelines, ctx.input_pipeline_id))
 
         def replica_moments(feats):
-            with recording_dice_moments(layers) as records:
-                model(feats, training=False)
-            # {layer index: [count, sum, sum of squares]}, summed over the layer's calls, then over every replica
-            # of every worker (in replica context, as the multi-worker loop's own all-reduces: `strategy.reduce`
-            # of a nested structure fails inside a tf.function under MultiWorkerMirroredStrategy)
-            local = {str(i): [tf.add_n(list(part)) for part in zip(*rec)] for i, rec in enumerate(records) if rec}
-            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+            # summed over every replica of every worker (in replica context, as the multi-worker loop's own
+            # all-reduces: `strategy.reduce` of a nested structure fails in a tf.function under
+            # MultiWorkerMirroredStrategy)
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                                   local_dice_moments(model, layers, feats))
 
         @tf.function
         def step(iterator):
@@ -158,16 +156,42 @@ class DiceStatistics(keras.callbacks.Callback):
             self._build()
         if not self._layers:
             return
-        totals = {}
-        for _ in range(self.steps):
-            for key, parts in self._step(self._iterator).items():
-                parts = [np.asarray(p, np.float64) for p in parts]
-                totals[key] = parts if key not in totals else [a + b for a, b in zip(totals[key], parts)]
-        for key, (count, total, squares) in totals.items():
-            bn = self._layers[int(key)].bn
-            mean = total / count
-            bn.moving_mean.assign(mean.astype(np.float32))
-            bn.moving_variance.assign(np.maximum(squares / count - mean * mean, 0.0).astype(np.float32))
+        assign_dice_moments(self._layers, (self._step(self._iterator) for _ in range(self.steps)))
+
+
+def local_dice_moments(model, layers, feats) -> dict:
+    """{layer index: [count, sum, sum of squares]} of each Dice layer of `layers` on one batch `feats` (the model in
+    inference mode, Dice normalising with the batch's statistics), summed over the layer's calls."""
+    from mmctr_tf.layers.core import recording_dice_moments
+
+    with recording_dice_moments(layers) as records:
+        model(feats, training=False)
+    return {str(i): [tf.add_n(list(part)) for part in zip(*rec)] for i, rec in enumerate(records) if rec}
+
+
+def assign_dice_moments(layers, batches) -> None:
+    """Sums the per-batch moments of `local_dice_moments` over `batches` and sets each Dice layer's moving mean and
+    variance to its inputs' mean and variance."""
+    totals = {}
+    for moments in batches:
+        for key, parts in moments.items():
+            parts = [np.asarray(p, np.float64) for p in parts]
+            totals[key] = parts if key not in totals else [a + b for a, b in zip(totals[key], parts)]
+    for key, (count, total, squares) in totals.items():
+        bn = layers[int(key)].bn
+        mean = total / count
+        bn.moving_mean.assign(mean.astype(np.float32))
+        bn.moving_variance.assign(np.maximum(squares / count - mean * mean, 0.0).astype(np.float32))
+
+
+def reestimate_dice_statistics(model, batches) -> None:
+    """`DiceStatistics`' re-estimation for a model trained outside the trainer (one device): `batches` is an
+    iterable of training feature dicts."""
+    from mmctr_tf.layers.core import dice_layers
+
+    layers = dice_layers(model)
+    if layers:
+        assign_dice_moments(layers, (local_dice_moments(model, layers, feats) for feats in batches))
 
 
 class NonFiniteLossError(FloatingPointError):
