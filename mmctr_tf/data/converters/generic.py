@@ -208,6 +208,15 @@ def label_column(dataset: str, raw_dir: Optional[str], opts: GenericOptions) -> 
     return None if i is None else header[i]
 
 
+def _number(text: str):
+    """float(text), or None when it is not a number (NaN included)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if value != value else value
+
+
 def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tuple[LineErrors, str, Dict[str, int]]:
     """Reads the log into `events` (with each row's label when `events.with_labels`); returns the errors, the time
     order used, and the label counts {"clicks", "non_clicks"}."""
@@ -232,22 +241,16 @@ def read_interactions(path: str, events: EventLog, opts: GenericOptions) -> Tupl
             errors.add(lineno, "empty user or item id")
             continue
         if ti is not None:
-            try:
-                t = float(row[ti])
-                if t != t:
-                    raise ValueError
-            except ValueError:
+            t = _number(row[ti])
+            if t is None:
                 errors.add(lineno, f"time value {row[ti]!r} is not numeric")
                 continue
         else:
             t = float(n)
         label = None
         if li is not None:
-            try:
-                value = float(row[li])
-                if value != value:
-                    raise ValueError
-            except ValueError:
+            value = _number(row[li])
+            if value is None:
                 errors.add(lineno, f"label value {row[li]!r} is not numeric")
                 continue
             if opts.label_threshold is None and value not in (0.0, 1.0):
