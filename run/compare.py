@@ -36,22 +36,19 @@ DEFAULT_MODELS = ["din", "dmae", "diff_msin"]
 MAX_EPOCHS = 100  # --epochs unless given: a cap that early stopping, not the cap, ends the runs
 
 
-def _rates(v) -> bool:
-    try:
-        return v is None or (bool(v) and all(math.isfinite(float(x)) and float(x) > 0 for x in v))
-    except ValueError:
-        return False
+def _positive_list(cast):
+    """A CHECKS test: the flag is unset, or a non-empty list of values that `cast` reads as finite numbers > 0."""
+    def ok(v) -> bool:
+        try:
+            return v is None or (bool(v) and all(math.isfinite(cast(x)) and cast(x) > 0 for x in v))
+        except ValueError:
+            return False
+    return ok
 
 
-def _batches(v) -> bool:
-    try:
-        return v is None or (bool(v) and all(int(x) > 0 for x in v))
-    except ValueError:
-        return False
-
-
-CHECKS = {"seeds": (lambda v: v >= 1, ">= 1"), "learning_rates": (_rates, "a list of finite numbers > 0"),
-          "batch_sizes": (_batches, "a list of integers > 0")}
+CHECKS = {"seeds": (lambda v: v >= 1, ">= 1"),
+          "learning_rates": (_positive_list(float), "a list of finite numbers > 0"),
+          "batch_sizes": (_positive_list(int), "a list of integers > 0")}
 
 
 def main(argv):

@@ -60,7 +60,7 @@ def storage_rows(run_dirs: Sequence[str], split: str = "test", storages: Sequenc
         batch = {k: v.numpy() for k, v in feats.items()}
         for storage in storages:
             model = with_table_storage(trained, storage)
-            metrics = evaluate_split(model, data, split)
+            metrics = evaluate_split(model, data, split, click_buckets=None)  # AUC and Logloss only
             key = (trained.name, storage)
             if key not in sizes:
                 with tempfile.TemporaryDirectory() as tmp:
