@@ -407,3 +407,16 @@ def test_inspect_diff_msin_gates(small_dataset, tmp_path):
     ablated, _ = _built(small_dataset, "diff_msin", expert_units=16, num_heads=2, diffusion_steps=2, use_mfe=False,
                         use_src=False, use_fdaf=False)  # "w/o all": no gates to show
     assert set(I.explain(ablated, inputs)["diff_msin"]) == {"prob"}
+
+
+def test_read_run_marks_a_run_whose_final_evaluation_failed(tmp_path):
+    """A metrics.json that records a split the final evaluation could not read makes the run 'failed', naming the
+    split and the reason; a complete one is 'ok'; none is 'missing'."""
+    for name, metrics in (("ok", {"valid": {"auc": 0.7}, "test": {"auc": 0.6}}),
+                          ("bad", {"valid": {"auc": 0.7}, "test": {"error": "test data is unreadable: x: bad"}})):
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "metrics.json", "w") as f:
+            json.dump(metrics, f)
+    status = {n: C.read_run(C.RunSpec("din", 0, 1e-3, 1024, str(tmp_path / n))) for n in ("ok", "bad", "none")}
+    assert [status[n]["status"] for n in ("ok", "bad", "none")] == ["ok", "failed", "missing"]
+    assert status["bad"]["error"] == "test: test data is unreadable: x: bad" and "error" not in status["ok"]

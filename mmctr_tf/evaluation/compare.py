@@ -130,10 +130,12 @@ def read_run(spec: RunSpec) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             rec["metrics"] = json.load(f)
-        errors = [f"{k}: {v['error']}" for k, v in rec["metrics"].items() if isinstance(v, dict) and "error" in v]
-        rec["status"] = "failed" if errors else "ok"  # a split the final evaluation could not read
+        from mmctr_tf.training.trainer import failed_splits
+
+        errors = failed_splits(rec["metrics"])  # splits the final evaluation could not read
+        rec["status"] = "failed" if errors else "ok"
         if errors:
-            rec["error"] = "; ".join(errors)
+            rec["error"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
     rec["epochs"] = read_jsonl(os.path.join(spec.run_dir, EPOCHS_LOG))
     return rec
 
