@@ -574,11 +574,12 @@ def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
     probabilities (for the Bayes AUC). The output does not depend on `workers`."""
     from mmctr_tf.data.converters.output import atomic_output_dir
 
-    with atomic_output_dir(out_dir, os.path.basename(out_dir.rstrip("/")), source="synthetic", log=log) as tmp:
-        return _build_into(tmp, out_dir, cfg, log)
+    name = os.path.basename(out_dir.rstrip("/"))
+    with atomic_output_dir(out_dir, name, source="synthetic", log=log) as tmp:
+        return _build_into(tmp, name, cfg, log)
 
 
-def _build_into(tmp: str, out_dir: str, cfg: SyntheticConfig, log) -> dict:
+def _build_into(tmp: str, name: str, cfg: SyntheticConfig, log) -> dict:
     t0 = time.time()
     _check(cfg)
     chunked = cfg.chunk_users > 0
@@ -590,7 +591,7 @@ def _build_into(tmp: str, out_dir: str, cfg: SyntheticConfig, log) -> dict:
     else:
         schema, splits, vectors, present, _ = generate(cfg)
         blocks = (block for block in [_framed(cfg, schema, splits)])
-    manifest = {"name": os.path.basename(out_dir.rstrip("/")), "source": "synthetic",
+    manifest = {"name": name, "source": "synthetic",
                 "generator": dataclasses.asdict(cfg), "schema": schema.to_dict(),
                 "compression": cfg.compression or "", "splits": {}, "tables": {}}
     writers = {s: ShardedWriter(tmp, s, schema, cfg.num_shards, cfg.compression) for s in SPLITS}
