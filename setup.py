@@ -27,6 +27,7 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF}"],
         "gpu": [f"tensorflow[and-cuda]=={TF}"],
-        "test": ["pytest>=8", "ruff>=0.15,<0.18"],  # .ci/run: `ruff check .` (config in ruff.toml), then pytest
+        # .ci/run: `ruff check .` (config in ruff.toml), then pytest (in parallel worker processes: pytest.ini)
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.15,<0.18"],
     },
 )

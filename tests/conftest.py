@@ -14,6 +14,15 @@ import tensorflow as tf  # noqa: E402
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
+MAX_WORKERS = 4  # each worker imports TensorFlow and builds its own session fixtures
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pytest.ini): one worker per core, at most MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                      os.cpu_count() or 1))
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
@@ -46,55 +55,3 @@ def lock_holder(target):
         proc.kill()
         proc.wait()
         proc.stdout.close()
-
-
-# ------------------------------------------------------------------------------------------- capability
-# Synthetic data with a strong text/image signal: clicks depend on the target's text attribute, image attribute and
-# their AND (synergy) matching the user's preferences, which only the frozen vectors reveal. Every model is trained
-# at its default configuration (the constructor defaults = configs/models/<model>.cfg) with one protocol.
-CAPABILITY_DATA = dict(num_users=1500, num_items=300, seq_len=10, max_hist=12, impressions_per_user=10,
-                       text_attrs=4, image_attrs=4, dim=16, vector_noise=0.3, b_text=1.0, b_image=1.0,
-                       b_synergy=2.0, b_cate=0.5, item_bias_std=0.2, user_bias_std=0.2, seed=0, story="attribute")
-CAPABILITY_SEEDS = (0, 1, 2)
-CAPABILITY_EPOCHS = 2
-
-
-@pytest.fixture(scope="session")
-def capability_protocol():
-    """`train(model_name, seed, **hparams) -> test AUC` on the capability data: Adam(1e-3), BCE, batch 256,
-    CAPABILITY_EPOCHS epochs, `keras.utils.set_random_seed(seed)` before building."""
-    import keras
-    import numpy as np
-
-    from mmctr_tf.data.synthetic import SyntheticConfig, generate
-    from mmctr_tf.data.tables import quantize
-    from mmctr_tf.evaluation.metrics import auc
-    from mmctr_tf.models import build_model
-    from mmctr_tf.training.callbacks import reestimate_dice_statistics
-
-    schema, splits, vectors, present, _ = generate(SyntheticConfig(**CAPABILITY_DATA))
-    tables = {m: quantize(vectors[m], present[m]) for m in schema.modalities}
-    train, test = splits["train"], splits["test"]
-
-    def run(name, seed, **hparams):
-        keras.utils.set_random_seed(seed)
-        model = build_model(name, schema, tables, **hparams)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
-        model.fit({k: train[k] for k in schema.model_inputs}, train["label"], batch_size=256,
-                  epochs=CAPABILITY_EPOCHS, verbose=0)
-        # as the trainer does before every validation (DiceStatistics): Dice's moving statistics re-estimated on
-        # 4096 training examples, so the model evaluated is the one trained
-        rows = np.random.default_rng(seed).permutation(len(train["label"]))[:4096]
-        reestimate_dice_statistics(model, ({k: train[k][rows[i:i + 1024]] for k in schema.model_inputs}
-                                           for i in range(0, len(rows), 1024)))
-        p = model.predict({k: test[k] for k in schema.model_inputs}, batch_size=2048, verbose=0)
-        return float(auc(test["label"], p))
-
-    return run
-
-
-@pytest.fixture(scope="session")
-def capability_runs(capability_protocol):
-    """Test AUCs of the reference models on the capability data, {model: {seed: AUC}} for DIN and mm_concat at
-    their default configuration, trained once per session for every capability test."""
-    return {name: {seed: capability_protocol(name, seed) for seed in CAPABILITY_SEEDS} for name in ("din", "mm_concat")}

@@ -194,6 +194,7 @@ def batch_of(data, n=48):
     return {k: v.numpy() for k, v in feats.items()}
 
 
+@pytest.mark.slow
 def test_two_replica_mirrored_fit(small_dataset, mirrored):
     """Graph-mode fit under the trainer's 2-replica CPU MirroredStrategy (variables mirrored, batch split, sparse
     embedding gradients all-reduced): GRU4Rec, whose masked GRU runs a while loop per replica. All eight baselines

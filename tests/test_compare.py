@@ -51,6 +51,7 @@ class _CrashAfterFirstEpoch(keras.callbacks.Callback):
             raise RuntimeError("simulated crash after epoch 1")
 
 
+# its tests carry @pytest.mark.xdist_group("sweep"): one pytest-xdist worker trains it, once
 @pytest.fixture(scope="module")
 def sweep(small_dataset, tmp_path_factory):
     """A 2-model x 2-seed sweep (2 epochs of 8 steps) whose first pass loses mm_concat-s1 after its first epoch;
@@ -85,6 +86,8 @@ def _run_metrics(out, model):
     return ms
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_report_files_and_json_equal_the_runs_metrics(sweep):
     out = sweep["out"]
     for name in ("report.md", "report.json", "report.png"):
@@ -118,6 +121,8 @@ def test_report_files_and_json_equal_the_runs_metrics(sweep):
     assert open(os.path.join(out, "report.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_failed_run_is_reported_and_the_sweep_resumes_without_retraining(sweep):
     first, second, out = sweep["first"], sweep["second"], sweep["out"]
     assert [(f["model"], f["seed"]) for f in first["failed"]] == [("mm_concat", 1)]
@@ -144,6 +149,8 @@ def test_failed_run_is_reported_and_the_sweep_resumes_without_retraining(sweep):
                                                                                               "mm_concat": 2}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_mismatched_run_directory_is_refused(sweep):
     base = dataclasses.replace(sweep["base"], epochs=3)
     with pytest.raises(ValueError, match=r"din-s0.*config\.json.*epochs=2"):
@@ -153,6 +160,8 @@ def test_mismatched_run_directory_is_refused(sweep):
         C.compare(sweep["base"], MODELS, SEEDS, sweep["out"], hp, log=lambda *a: None)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_cli_rebuilds_the_report_from_finished_runs(sweep, small_dataset, monkeypatch, capsys):
     argv = _cli_argv(small_dataset, sweep["out"])
     monkeypatch.setattr(sys, "argv", ["/x/run/compare.py"] + argv[1:])
@@ -166,6 +175,8 @@ def test_cli_rebuilds_the_report_from_finished_runs(sweep, small_dataset, monkey
     assert rep["command"].startswith("python -m run.compare --dataset=") and "--seeds=2" in rep["command"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_cli_rescores_the_cold_start_buckets_for_other_edges(sweep, small_dataset, train_clicks, monkeypatch, capsys):
     """metrics.json has the default buckets; other --click_buckets re-score the selected runs' best checkpoints."""
     data = Dataset(small_dataset)
@@ -204,6 +215,8 @@ def train_clicks(small_dataset):
     return counts
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_training_clicks_and_each_runs_buckets_against_independent_computations(sweep, small_dataset, train_clicks):
     data = Dataset(small_dataset)
     np.testing.assert_array_equal(training_clicks(data), train_clicks)
@@ -343,6 +356,8 @@ def _built(small_dataset, model, **hparams):
     return m, I.load_example(data, "test", 5)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
 def test_inspect_din_family_attention_and_cli(sweep, tmp_path, capsys):
     run_dir = os.path.join(sweep["out"], "runs", "din-s0")
     din = I.inspect_run(run_dir, 3, "test", str(tmp_path / "din.png"))
@@ -368,6 +383,7 @@ def test_inspect_din_family_attention_and_cli(sweep, tmp_path, capsys):
     assert open(tmp_path / "mm.png", "rb").read(4) == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_inspect_dmae_distribution_matches_eq10(small_dataset, tmp_path):
     model, (inputs, label) = _built(small_dataset, "dmae", l=4, n=5, mieu_dim=8, window=4, decoder_units=[16])
     info = I.explain(model, inputs)
@@ -388,6 +404,7 @@ def test_inspect_dmae_distribution_matches_eq10(small_dataset, tmp_path):
         assert q.shape == (1, 4, 5)
 
 
+@pytest.mark.slow
 def test_inspect_diff_msin_gates(small_dataset, tmp_path):
     model, (inputs, _) = _built(small_dataset, "diff_msin", expert_units=16, num_heads=2, diffusion_steps=2)
     info = I.explain(model, inputs)

@@ -542,6 +542,7 @@ def test_dmae_interest_matches_the_padded_numpy_reference(data, monkeypatch, kw,
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dmae_shapes_distributions_and_config_round_trip(data):
     schema, splits, tables, x, y = data
     model = _dmae(schema, tables, l=4, n=5)
@@ -601,6 +602,7 @@ def test_dmae_ablations_and_empty_history_are_finite(data, kw):
     assert all(np.isfinite(v.numpy()) for v in model.losses)
 
 
+@pytest.mark.slow
 def test_dmae_inference_graph_has_no_decoder(data):
     schema, splits, tables, x, y = data
     model = _dmae(schema, tables)
@@ -623,6 +625,7 @@ def test_dmae_inference_graph_has_no_decoder(data):
     assert decoder_vars & {id(v) for v in train.variables}
 
 
+@pytest.mark.slow
 def test_dmae_model_builds_no_LxL_tensor():
     L = 64
     schema = Schema(seq_len=L, vocab={"user_id": 11, "item_id": 31, "cate_id": 5}, modalities={"text": 6, "image": 10})
@@ -640,6 +643,7 @@ def test_dmae_model_builds_no_LxL_tensor():
     assert _square_tensors(graph, L) == []
 
 
+@pytest.mark.slow
 def test_dmae_fit_jit_compiled_logs_dec_loss(data):
     # (plain graph-mode fit, logging dec_loss too, is exercised by the capability test below)
     schema, splits, tables, x, y = data

@@ -234,6 +234,7 @@ def _record(**overrides):
     return example(**{k: v for k, v in full.items() if v is not None})
 
 
+@pytest.mark.slow
 def test_bad_shards_are_named_with_the_reason(shards, tmp_path):
     d, good = shards
     raw_bytes = open(good[""], "rb").read()
@@ -291,6 +292,7 @@ def test_empty_shards_are_legal(shards, tmp_path):
         assert count(files, comp) == (0 if files == [empty] else 60 + (comp == "GZIP"))
 
 
+@pytest.mark.slow
 def test_reader_fuzz(shards, tmp_path):
     """Randomly damaged shards: find_bad_shard names every shard the reader fails on, and only such shards (or
     uncompressed ones cut inside a record, which the reader shortens silently)."""

@@ -50,6 +50,7 @@ def _request_gauc(labels, probs, groups):
     return total / weight
 
 
+@pytest.mark.slow
 def test_train_reports_request_gauc(industrial_dataset, tmp_path):
     """run.train's metrics.json (and its last log line) carry GAUC per request on data with request ids, equal to a
     brute-force computation from the best checkpoint's predictions."""

@@ -8,7 +8,7 @@ variants, goes through the same life cycle, so a new model is covered by registe
      equal the Keras model on a batch holding empty histories.
 
 Models run at tiny sizes (each takes the hyper-parameters of `TINY` it accepts). Model-specific maths, masking and
-capability tests live in the model's own test file.
+capability tests live in the model's own test file and tests/test_capability.py.
 
 Run: python -m pytest tests/test_models.py -q
 """
@@ -66,10 +66,12 @@ def batch(data):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_model_life_cycle(case, data, batch, tmp_path):
     name, extra = case
     hp = tiny_hparams(name, extra)
+    keras.utils.set_random_seed(0)  # the same initial weights whichever tests ran before in this worker
     model = build_model(name, data.schema, data.tables, **hp)
     assert model.uses_modalities == bool(model.modalities)
 
@@ -83,7 +85,9 @@ def test_model_life_cycle(case, data, batch, tmp_path):
     assert sum(moved) >= len(moved) // 2, f"{name}: only {sum(moved)} of {len(moved)} weights changed"
 
     p = model(batch, training=False).numpy()
-    assert p.shape == (48,) and np.all(np.isfinite(p)) and np.all((p > 0) & (p < 1))
+    # [0, 1], not (0, 1): float32's sigmoid is exactly 1 above a logit of ~17, which the untrained multimodal models
+    # reach here (DIN's unnormalised attention sums 20 history vectors of norm ~5; Dice passes the scale through)
+    assert p.shape == (48,) and np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
     # padding never leaks into a score (slots >= hist_len filled with a real id)
     noisy = {k: v.copy() for k, v in batch.items()}
     for f in data.schema.hist_features:

@@ -23,8 +23,10 @@ from mmctr_tf.training import callbacks as cb
 from mmctr_tf.training import multiworker as mw
 from mmctr_tf.training.trainer import TrainConfig, compile_model
 
-SMALL = {"emb_dim": 8, "dnn_units": [32, 16], "att_units": [16, 8]}
-DMAE_SMALL = {**SMALL, "mieu_dim": 8, "num_buckets": 6, "decoder_units": [16]}
+# Tiny widths: what these tests check (same step as fit, gradient averaging, resume, the run directory, all-reduced
+# weights) does not depend on them, and a smaller model traces and steps faster.
+SMALL = {"emb_dim": 4, "dnn_units": [8], "att_units": [4]}
+DMAE_SMALL = {**SMALL, "mieu_dim": 4, "num_buckets": 6, "decoder_units": [4]}
 
 
 def _rows(ds):
@@ -129,8 +131,8 @@ def test_custom_loop_run_dir_and_resume(small_dataset, tmp_path, monkeypatch):
     """multiworker.train under a local two-replica strategy: an interrupted run resumes from its checkpoint and
     writes the same run directory as the fit path."""
     run = tmp_path / "run"
-    cfg = TrainConfig(model="din", dataset=small_dataset, run_dir=str(run), epochs=2, steps_per_epoch=3,
-                      batch_size=32)
+    cfg = TrainConfig(model="din", dataset=small_dataset, run_dir=str(run), epochs=2, steps_per_epoch=2,
+                      batch_size=128)
     strategy = _local(["/cpu:0", "/cpu:1"])
     real = mw.CustomLoop.train_epoch
 
@@ -153,7 +155,7 @@ def test_custom_loop_run_dir_and_resume(small_dataset, tmp_path, monkeypatch):
         assert (run / name).exists(), name
     assert {"auc", "loss", "val_auc", "val_loss"} <= set(epochs[0])
     assert result["best_epoch"] == max(epochs, key=lambda e: e["val_auc"])["epoch"]  # validation, never test
-    assert result["replicas"] == 2 and result["global_batch"] == 64 and {"auc", "gauc_user"} <= set(result["test"])
+    assert result["replicas"] == 2 and result["global_batch"] == 256 and {"auc", "gauc_user"} <= set(result["test"])
     check_stored_dice_statistics(run, small_dataset)
 
 
@@ -178,8 +180,8 @@ def test_two_worker_job_with_tf_config(small_dataset, tmp_path):
     run = tmp_path / "run"
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     cmd = [sys.executable, "-m", "run.train", "--model=din", f"--dataset={small_dataset}", f"--run_dir={run}",
-           "--epochs=2", "--steps_per_epoch=4", "--batch_size=64", "--emb_dim=8", "--dnn_units=32,16",
-           "--att_units=16,8", "--optimizer=lazy_adam"]
+           "--epochs=2", "--steps_per_epoch=2", "--batch_size=256", "--emb_dim=4", "--dnn_units=8",
+           "--att_units=4", "--optimizer=lazy_adam"]
     procs = []
     for i in range(2):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -196,7 +198,7 @@ def test_two_worker_job_with_tf_config(small_dataset, tmp_path):
                 p.kill()
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
-    assert "2 replica(s) on 2 worker(s), global batch 128" in outs[0]
+    assert "2 replica(s) on 2 worker(s), global batch 512" in outs[0]
     with open(run / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["workers"] == 2 and metrics["replicas"] == 2 and {"auc", "logloss"} <= set(metrics["test"])

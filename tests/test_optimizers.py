@@ -219,6 +219,7 @@ def _custom_loop(data, devices, per_replica_batch):
     return loop, net
 
 
+@pytest.mark.slow
 def test_custom_loop_two_replicas_and_checkpoint_resume(small_dataset, tmp_path):
     """The multi-worker loop (strategy.run + apply_gradients): two replicas on the halves of a batch train like one
     replica on the whole batch (IndexedSlices all-reduce + duplicate rows summed), and a run restored from the loop's
@@ -253,6 +254,7 @@ class _OptimizerSeen(keras.callbacks.Callback):
         self.optimizer = type(self.model.optimizer)
 
 
+@pytest.mark.slow
 def test_optimizer_flag_reaches_config_json(small_dataset, tmp_path):
     """--optimizer goes from the flags into TrainConfig, the trainer and config.json (the industrial config's choice:
     tests/test_industrial.py)."""

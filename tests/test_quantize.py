@@ -13,6 +13,7 @@ from mmctr_tf.training.trainer import TrainConfig, load_run, train
 SMALL = {"emb_dim": 4, "dnn_units": [16], "att_units": [8]}
 
 
+@pytest.mark.slow
 def test_same_weights_with_each_table_storage(small_dataset, tmp_path):
     run_dir = str(tmp_path / "mm")
     train(TrainConfig(model="mm_concat", dataset=small_dataset, run_dir=run_dir, epochs=1, steps_per_epoch=2,

@@ -43,6 +43,10 @@ ARGS = ["--model=din", "--epochs=4", "--steps_per_epoch=15", "--batch_size=256",
 # largest resume deviation seen; LOGLOSS_TOL ~3 sigma of the seed spread (largest resume deviation 0.0067).
 AUC_TOL = 0.05
 LOGLOSS_TOL = 0.015
+# A small fast model for the trainer's behaviour where the model does not matter (checkpoints, resume, locks,
+# messages); DIN, at the calibrated config above, only where the result of training is compared, and tiny where its
+# NaN failure mode matters.
+LR = ["--model=lr", "--batch_size=128", "--learning_rate=0.01", "--verbose=0"]
 
 
 def _flags(argv):
@@ -50,6 +54,20 @@ def _flags(argv):
     common.FLAGS.unparse_flags()
     common.FLAGS(common.with_config_files(["run.train", *argv]))
     return common.train_config(), common.hparams_from_flags()
+
+
+def _main_out(argv, capsys):
+    """`python -m run.train <argv>` in this process (flags parsed as the command does, config files included):
+    (exit code, stdout, stderr). Saves a subprocess' TensorFlow import where no signal has to reach the process."""
+    from run import train as run_train
+
+    with flagsaver.flagsaver():
+        common.FLAGS.unparse_flags()
+        common.FLAGS(common.with_config_files(["run.train", *argv]))
+        capsys.readouterr()
+        rc = run_train.main([])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 def _start(module, argv, log_path):
@@ -95,6 +113,7 @@ def _finite_h5(path):
     return bool(ok) and all(ok)
 
 
+# Trained once; its tests carry @pytest.mark.xdist_group("reliability_reference"): one pytest-xdist worker trains it
 @pytest.fixture(scope="module")
 def reference_run(small_dataset, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("rel") / "reference")
@@ -104,7 +123,10 @@ def reference_run(small_dataset, tmp_path_factory):
 
 
 @pytest.mark.slow  # subprocess training; still runs by default (.ci/run: pytest tests/)
-def test_sigkilled_training_resumes_within_noise(small_dataset, reference_run, tmp_path):
+@pytest.mark.xdist_group("reliability_reference")
+def test_sigkilled_training_resumes_within_noise(small_dataset, reference_run, tmp_path, capsys):
+    """Killed by SIGKILL in a `python -m run.train` process, the run is resumed by the same command (run in this
+    process: only the kill needs a process of its own) and ends within noise of the uninterrupted reference."""
     _, ref = reference_run
     run = str(tmp_path / "killed")
     argv = [*ARGS, f"--dataset={small_dataset}", f"--run_dir={run}"]
@@ -122,10 +144,9 @@ def test_sigkilled_training_resumes_within_noise(small_dataset, reference_run, t
         backed_up = json.load(f)["epoch"]
     assert 1 <= backed_up < 4
 
-    again = subprocess.run([sys.executable, "-m", "run.train", *argv], cwd=REPO, env=ENV, capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    started = [line for line in again.stdout.splitlines() if line.startswith("Epoch ")]
+    rc, out, err = _main_out(argv, capsys)
+    assert rc == 0, err[-3000:]
+    started = [line for line in out.splitlines() if line.startswith("Epoch ")]
     assert started and started[0] == f"Epoch {backed_up + 1}/4", started  # resumed, not restarted
     assert [e["epoch"] for e in cb.read_epochs(run)] == [1, 2, 3, 4]
     with open(os.path.join(run, "metrics.json")) as f:
@@ -140,8 +161,8 @@ def test_half_written_backup_falls_back_to_the_previous_one(small_dataset, tmp_p
     (double_checkpoint) is restored instead of failing the resume."""
     run = str(tmp_path / "run")
     with flagsaver.flagsaver():
-        cfg, hp = _flags([*ARGS, f"--dataset={small_dataset}", f"--run_dir={run}", "--epochs=3",
-                          "--steps_per_epoch=3", "--verbose=0"])
+        cfg, hp = _flags([*LR, f"--dataset={small_dataset}", f"--run_dir={run}", "--epochs=3",
+                          "--steps_per_epoch=1"])
     with pytest.raises(KeyboardInterrupt):
         train(cfg, hp, log=lambda *a: None, extra_callbacks=[_Kill(2)])
     latest = os.path.join(run, "backup", "latest.weights.h5")
@@ -156,6 +177,7 @@ def test_half_written_backup_falls_back_to_the_previous_one(small_dataset, tmp_p
     assert [e["epoch"] for e in cb.read_epochs(run)] == [1, 2, 3]
 
 
+@pytest.mark.xdist_group("reliability_reference")
 def test_sigkilled_export_keeps_previous_version_and_next_export_works(reference_run, tmp_path):
     run, _ = reference_run
     base = str(tmp_path / "serving")
@@ -207,7 +229,7 @@ def test_nonfinite_loss_stops_at_its_step_without_checkpointing(small_dataset, t
     data_dir = str(tmp_path / "data")
     shutil.copytree(small_dataset, data_dir)
     run = str(tmp_path / "run")
-    argv = [*ARGS, f"--dataset={data_dir}", f"--run_dir={run}", "--epochs=2", "--steps_per_epoch=3", "--verbose=0"]
+    argv = [*LR, f"--dataset={data_dir}", f"--run_dir={run}", "--epochs=2", "--steps_per_epoch=2"]
     with flagsaver.flagsaver():
         cfg, hp = _flags(argv)
         with pytest.raises(KeyboardInterrupt):
@@ -232,20 +254,10 @@ def test_nonfinite_loss_stops_at_its_step_without_checkpointing(small_dataset, t
 
 
 # ------------------------------------------------------------------------------------------- hostile use (issue #15)
-# A small fast model for the trainer's behaviour (DIN only where its NaN failure mode matters)
-LR = ["--model=lr", "--batch_size=128", "--learning_rate=0.01", "--verbose=0"]
-
-
 def _main(argv, capsys):
     """`python -m run.train <argv>` in this process (flags parsed as the command does): (exit code, stderr)."""
-    from run import train as run_train
-
-    with flagsaver.flagsaver():
-        common.FLAGS.unparse_flags()
-        common.FLAGS(common.with_config_files(["run.train", *argv]))
-        capsys.readouterr()
-        rc = run_train.main([])
-    return rc, capsys.readouterr().err
+    rc, _, err = _main_out(argv, capsys)
+    return rc, err
 
 
 class _LockSeen(keras.callbacks.Callback):
@@ -310,7 +322,7 @@ def test_nonfinite_validation_predictions_never_become_the_best(small_dataset, t
     NaN (was: exit 0, val_auc 0.0 kept as the best epoch). The run stops at the end of that epoch with an error,
     before any checkpoint: no best weights, backup or metrics."""
     run = tmp_path / "run"
-    rc, err = _main(["--model=din", "--batch_size=128", "--emb_dim=4", "--dnn_units=8", "--att_units=4", "--verbose=0",
+    rc, err = _main(["--model=din", "--batch_size=512", "--emb_dim=4", "--dnn_units=8", "--att_units=4", "--verbose=0",
                      f"--dataset={small_dataset}", f"--run_dir={run}", "--epochs=1", "--steps_per_epoch=1",
                      "--learning_rate=1e30"], capsys)
     assert rc == 2 and err.startswith("run.train: non-finite validation loss (nan) at the end of epoch 1: the "

@@ -16,6 +16,8 @@ from mmctr_tf.data.tables import quantize
 from mmctr_tf.export import saved_model as sm
 from mmctr_tf.models import build_model
 
+pytestmark = pytest.mark.xdist_group("serving")  # one worker exports each model once
+
 L = 6
 HP = {"emb_dim": 4, "dnn_units": [8], "att_units": [4]}
 MODELS = {
@@ -106,6 +108,7 @@ def copy(req):
 
 
 # --------------------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 4096])
 def test_batch_sizes_match_the_keras_model(served, n):
     model, loaded, schema = served
@@ -117,6 +120,7 @@ def test_batch_sizes_match_the_keras_model(served, n):
         assert np.std(got) > 1e-3  # scores depend on the request
 
 
+@pytest.mark.slow
 def test_empty_histories(served):
     _, loaded, schema = served
     rng = np.random.default_rng(1)
@@ -141,6 +145,7 @@ def test_empty_histories(served):
     np.testing.assert_allclose(_examples(loaded, bare), base, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_longer_sequences_keep_the_most_recent(served):
     _, loaded, schema = served
     rng = np.random.default_rng(2)
@@ -166,6 +171,7 @@ def test_longer_sequences_keep_the_most_recent(served):
     np.testing.assert_allclose(score(loaded, wide, schema), score(loaded, short, schema), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_out_of_vocabulary_and_negative_ids_are_row_0(served):
     _, loaded, schema = served
     rng = np.random.default_rng(3)
@@ -184,6 +190,7 @@ def test_out_of_vocabulary_and_negative_ids_are_row_0(served):
     assert differs(got, score(loaded, req, schema))
 
 
+@pytest.mark.slow
 def test_hist_len_beyond_the_width_and_negative(served):
     _, loaded, schema = served
     rng = np.random.default_rng(4)
@@ -208,6 +215,7 @@ def test_hist_len_beyond_the_width_and_negative(served):
     assert differs(score(loaded, empty, schema), score(loaded, req, schema))
 
 
+@pytest.mark.slow
 def test_items_without_vectors(served, world):
     model, loaded, schema = served
     _, tables, _ = world
@@ -229,6 +237,7 @@ def test_items_without_vectors(served, world):
     assert differs(got[:5], score(loaded, with_vectors, schema)[:5])
 
 
+@pytest.mark.slow
 def test_inconsistent_named_requests_are_refused_and_serving_goes_on(served):
     _, loaded, schema = served
     req = random_request(schema, 3, np.random.default_rng(6))

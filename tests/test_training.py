@@ -46,6 +46,7 @@ def popularity_auc(data, split):
     return auc(ys[1], ((clicks + 10 * prior) / (imps + 10))[items[1]])
 
 
+# its tests carry @pytest.mark.xdist_group("din_run"): one pytest-xdist worker trains it, once
 @pytest.fixture(scope="module")
 def din_run(small_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "din"
@@ -53,6 +54,8 @@ def din_run(small_dataset, tmp_path_factory):
     return run_dir, result
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("din_run")
 def test_din_beats_popularity_and_stays_below_bayes(din_run, small_dataset):
     run_dir, result = din_run
     data = Dataset(small_dataset)
@@ -63,6 +66,8 @@ def test_din_beats_popularity_and_stays_below_bayes(din_run, small_dataset):
     assert np.isfinite(result["test"]["logloss"]) and "gauc_user" in result["test"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("din_run")
 def test_run_dir_contents_and_metrics_contract(din_run):
     run_dir, result = din_run
     for name in ("config.json", "epochs.jsonl", "best.weights.h5", "best.json", "metrics.json", "tensorboard"):
@@ -101,6 +106,7 @@ class _SeenEpochs(keras.callbacks.Callback):
         self.seen.append(epoch + 1)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_epoch(small_dataset, tmp_path):
     cfg = _cfg(small_dataset, tmp_path / "run", epochs=3, steps_per_epoch=10)
     with pytest.raises(KeyboardInterrupt):
@@ -114,6 +120,7 @@ def test_killed_run_resumes_from_last_epoch(small_dataset, tmp_path):
     check_stored_dice_statistics(tmp_path / "run", small_dataset)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model(small_dataset, tmp_path):
     run = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
@@ -123,6 +130,7 @@ def test_resume_refuses_a_different_model(small_dataset, tmp_path):
         train(_cfg(small_dataset, run, model="mm_concat", epochs=2, steps_per_epoch=2), SMALL, log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_two_replica_mirrored_strategy_on_cpu(small_dataset, tmp_path):
     # XLA cannot compile a step that reads variables of two logical CPU devices (TF "known issue": variable on a
     # different device), so the two-replica CPU run is not jit-compiled; on GPUs each replica compiles its own.
@@ -133,13 +141,17 @@ def test_two_replica_mirrored_strategy_on_cpu(small_dataset, tmp_path):
     check_stored_dice_statistics(tmp_path / "mirrored", small_dataset)
 
 
+@pytest.mark.slow
 def test_jit_compiled_training(small_dataset, tmp_path):
-    result = train(_cfg(small_dataset, tmp_path / "xla", epochs=1, steps_per_epoch=5, jit_compile=True,
-                        model="mm_concat"), SMALL, log=lambda *a: None)
+    """The trainer's steps (fit, validation, Dice re-estimation, predict) under XLA, on the smallest model with Dice;
+    the multimodal models' own graphs are compiled in test_dmae / test_diff_msin."""
+    result = train(_cfg(small_dataset, tmp_path / "xla", epochs=1, steps_per_epoch=2, jit_compile=True),
+                   {"emb_dim": 4, "dnn_units": [8], "att_units": [4]}, log=lambda *a: None)
     assert np.isfinite(result["test"]["auc"])
     check_stored_dice_statistics(tmp_path / "xla", small_dataset)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mm_concat", "simtier", "dmae", "diff_msin"])
 def test_multimodal_models_train_under_mixed_float16(small_dataset, name):
     """Keras' mixed_float16 policy (`run.bench --mixed_precision` on a GPU; float16 matmuls also run on CPU):
@@ -205,6 +217,8 @@ def test_unmeasured_validation_copies_of_aux_losses_are_dropped(tmp_path):
         assert "val_aux_loss" not in logs, sorted(logs)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("din_run")
 def test_export_round_trip_both_signatures(din_run, small_dataset, tmp_path):
     run_dir, _ = din_run
     model, _ = load_run(str(run_dir))
@@ -251,6 +265,8 @@ def test_export_round_trip_both_signatures(din_run, small_dataset, tmp_path):
     assert sorted(inputs) == sorted((k, "DT_INT64") for k in data.schema.model_inputs)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("din_run")
 def test_interrupted_export_keeps_previous_version(din_run, tmp_path, monkeypatch):
     run_dir, _ = din_run
     model, _ = load_run(str(run_dir))
@@ -266,6 +282,7 @@ def test_interrupted_export_keeps_previous_version(din_run, tmp_path, monkeypatc
     assert sorted(os.listdir(base)) == ["1"] and os.path.exists(os.path.join(first, "saved_model.pb"))
 
 
+@pytest.mark.slow
 def test_cli_make_data_train_evaluate_export(tmp_path):
     """The README's commands, on a tiny dataset, as subprocesses (one TF import each)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
