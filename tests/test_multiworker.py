@@ -81,6 +81,7 @@ def _custom_run(data, batches, devices, per_replica_batch, model, hparams, steps
     return loop, net
 
 
+@pytest.mark.slow
 def test_custom_loop_step_matches_keras_fit(one_batch):
     """Same loss (BCE + DMAE's lambda_dec * L_dec from model.losses), same Adam update as `fit`, on one replica."""
     data, x, y = one_batch
@@ -101,6 +102,7 @@ def test_custom_loop_step_matches_keras_fit(one_batch):
     np.testing.assert_allclose(aux["dec_loss"], hist.history["dec_loss"][0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_replicas_average_gradients_and_guard_stops(one_batch):
     """Two replicas on the two halves of a batch train like one replica on the whole batch: the optimizer's SUM
     all-reduce of the 1/replicas-scaled losses (BCE + DIN's emb_l2 term from model.losses) is the mean gradient.
@@ -127,6 +129,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_custom_loop_run_dir_and_resume(small_dataset, tmp_path, monkeypatch):
     """multiworker.train under a local two-replica strategy: an interrupted run resumes from its checkpoint and
     writes the same run directory as the fit path."""

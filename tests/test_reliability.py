@@ -156,6 +156,7 @@ def test_sigkilled_training_resumes_within_noise(small_dataset, reference_run, t
     assert abs(got["test"]["logloss"] - ref["test"]["logloss"]) < LOGLOSS_TOL
 
 
+@pytest.mark.slow
 def test_half_written_backup_falls_back_to_the_previous_one(small_dataset, tmp_path):
     """A kill while BackupAndRestore rewrites latest.weights.h5 leaves a truncated file; the previous epoch's copy
     (double_checkpoint) is restored instead of failing the resume."""
@@ -177,6 +178,7 @@ def test_half_written_backup_falls_back_to_the_previous_one(small_dataset, tmp_p
     assert [e["epoch"] for e in cb.read_epochs(run)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("reliability_reference")
 def test_sigkilled_export_keeps_previous_version_and_next_export_works(reference_run, tmp_path):
     run, _ = reference_run
@@ -220,6 +222,7 @@ def _poison_labels(data_dir, split="train"):
                 w.write(ex.SerializeToString())
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_at_its_step_without_checkpointing(small_dataset, tmp_path, capsys):
     """Epoch 1 trains on clean data; the resumed run meets NaN labels in epoch 2: run.train fails with a message
     naming epoch and step, the checkpoints stay those of epoch 1 (finite), and once the data is fixed the run
@@ -272,6 +275,7 @@ class _LockSeen(keras.callbacks.Callback):
             self.holder = json.load(f)
 
 
+@pytest.mark.slow
 def test_locked_run_dir_and_unreadable_test_shard(small_dataset, tmp_path, capsys, monkeypatch):
     """Issue #15.3 and #15.6, as a user meets them. (1) Another process holds the run directory: run.train is refused
     with the holder's pid before it writes anything. (2) The holder is dead (SIGKILLed, its lock left behind): the
@@ -317,6 +321,7 @@ def test_locked_run_dir_and_unreadable_test_shard(small_dataset, tmp_path, capsy
     assert again["valid"] == m["valid"] and 0 < again["test"]["auc"] < 1 and len(cb.read_epochs(str(run))) == 1
 
 
+@pytest.mark.slow
 def test_nonfinite_validation_predictions_never_become_the_best(small_dataset, tmp_path, capsys):
     """Issue #15.4: one step at learning rate 1e30 gives a finite training loss but weights whose predictions are
     NaN (was: exit 0, val_auc 0.0 kept as the best epoch). The run stops at the end of that epoch with an error,
@@ -331,6 +336,7 @@ def test_nonfinite_validation_predictions_never_become_the_best(small_dataset, t
     assert sorted(os.listdir(run)) == ["config.json", "tensorboard"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_with_changed_flags_through_a_torn_epoch_line(small_dataset, tmp_path, capsys,
                                                                           monkeypatch):
     """Issues #15.12, #15.7 and #15.5, one interrupted run. (1) Ctrl-C after epoch 1 of 2: exit code 130 and one
