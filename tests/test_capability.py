@@ -22,11 +22,12 @@ CAPABILITY_DATA = dict(num_users=1500, num_items=300, seq_len=10, max_hist=12, i
                        b_synergy=2.0, b_cate=0.5, item_bias_std=0.2, user_bias_std=0.2, seed=0, story="attribute")
 CAPABILITY_SEEDS = (0, 1, 2)
 CAPABILITY_EPOCHS = 2
+LEARNING_RATE = 1e-3
 
 
 @pytest.fixture(scope="module")
 def capability_protocol():
-    """`train(model_name, seed, **hparams) -> test AUC` on the capability data: Adam(1e-3), BCE, batch 256,
+    """`train(model_name, seed, **hparams) -> test AUC` on the capability data: Adam(LEARNING_RATE), BCE, batch 256,
     CAPABILITY_EPOCHS epochs, `keras.utils.set_random_seed(seed)` before building."""
     schema, splits, vectors, present, _ = generate(SyntheticConfig(**CAPABILITY_DATA))
     tables = {m: quantize(vectors[m], present[m]) for m in schema.modalities}
@@ -44,7 +45,7 @@ def capability_protocol():
         model = build_model(name, schema, tables, **hparams)
         key = (name, repr(sorted(hparams.items())))
         if key not in compiled:
-            model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+            model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy")
             compiled[key] = model
             return model
         traced = compiled[key]
@@ -52,7 +53,7 @@ def capability_protocol():
             dst.assign(src)
         for v in traced.optimizer.variables:  # iteration count and Adam moments back to 0
             v.assign(tf.zeros_like(v))
-        traced.optimizer.learning_rate = 1e-3  # (was zeroed with them)
+        traced.optimizer.learning_rate = LEARNING_RATE  # (was zeroed with them)
         keras.utils.set_random_seed(seed)  # the data order of fit as for a model built in a fresh session
         return traced
 
