@@ -185,6 +185,25 @@ def test_nonfinite_guard_names_the_step():
         guard.on_train_batch_end(7, {"loss": float("nan")})
 
 
+def test_predict_split_traces_the_model_once_for_every_split(small_dataset):
+    """Scoring valid then test, each with a partial last batch, traces one inference function; its probabilities are
+    the Keras model's own on the same examples."""
+    from mmctr_tf.evaluation.evaluate import inference_function, predict_split
+    from mmctr_tf.models import build_model
+
+    data = Dataset(small_dataset)
+    keras.utils.set_random_seed(0)
+    model = build_model("din", data.schema, **SMALL)
+    out = {split: predict_split(model, data, split, batch_size=300) for split in ("valid", "test")}
+    spec = data.tf_dataset("valid", 300).element_spec[0]
+    assert inference_function(model, spec).experimental_get_tracing_count() == 1
+    for split, got in out.items():
+        feats, label = next(iter(data.tf_dataset(split, 4096)))
+        assert len(got["prob"]) == len(label) and len(label) % 300  # the last batch of 300 was partial
+        np.testing.assert_allclose(got["prob"], model(feats, training=False).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got["label"], label.numpy())
+
+
 class _AuxLoss(keras.layers.Layer):
     """Dense layer with a training-only auxiliary loss and its own tracker, like DMAE's decoder."""
 

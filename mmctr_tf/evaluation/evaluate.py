@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -12,6 +13,19 @@ import tensorflow as tf
 from mmctr_tf.evaluation import metrics as M
 
 _CLICKS_CACHE: Dict[tuple, np.ndarray] = {}
+_INFER_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def inference_function(model, spec):
+    """`model(feats, training=False)` as one tf.function per model, traced once for every split and batch size:
+    its input signature is `spec` (a dataset's `element_spec[0]`, batch dimension None). Cached per model object (a
+    weak reference: the cache keeps no model alive)."""
+    cached = _INFER_CACHE.get(model)
+    if cached is None or cached[0] != spec:
+        ref = weakref.ref(model)
+        cached = (spec, tf.function(lambda feats: ref()(feats, training=False), input_signature=[spec]))
+        _INFER_CACHE[model] = cached
+    return cached[1]
 
 
 def training_clicks(data) -> np.ndarray:
@@ -37,10 +51,11 @@ def training_clicks(data) -> np.ndarray:
 def predict_split(model, data, split: str, batch_size: int = 4096) -> Dict[str, np.ndarray]:
     """Returns labels, probabilities, user ids, target item ids (and request ids when the data has them) of a
     whole split."""
-    infer = tf.function(lambda feats: model(feats, training=False), reduce_retracing=True)
+    ds = data.tf_dataset(split, batch_size)
+    infer = inference_function(model, ds.element_spec[0])
     out = {"label": [], "prob": [], "user_id": [], "item_id": [], "request_id": []}
     has_request = "request_id" in data.schema.optional
-    for feats, label in data.tf_dataset(split, batch_size):
+    for feats, label in ds:
         out["prob"].append(infer(feats).numpy())
         out["label"].append(label.numpy())
         out["user_id"].append(feats["user_id"].numpy())
