@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl.testing import flagsaver
 from conftest import REPO
 from test_dice import check_stored_dice_statistics
 
@@ -123,11 +124,11 @@ def test_killed_run_resumes_from_last_epoch(small_dataset, tmp_path):
 @pytest.mark.slow
 def test_resume_refuses_a_different_model(small_dataset, tmp_path):
     run = tmp_path / "r"
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(small_dataset, run, epochs=2, steps_per_epoch=2), SMALL, log=lambda *a: None,
+    with pytest.raises(KeyboardInterrupt):  # LR: the cheapest model to trace; the model does not matter here
+        train(_cfg(small_dataset, run, model="lr", epochs=2, steps_per_epoch=2), {}, log=lambda *a: None,
               extra_callbacks=[_Kill(1)])
-    with pytest.raises(ValueError, match="belongs to model='din'"):
-        train(_cfg(small_dataset, run, model="mm_concat", epochs=2, steps_per_epoch=2), SMALL, log=lambda *a: None)
+    with pytest.raises(ValueError, match="belongs to model='lr'"):
+        train(_cfg(small_dataset, run, epochs=2, steps_per_epoch=2), SMALL, log=lambda *a: None)
 
 
 @pytest.mark.slow
@@ -302,8 +303,11 @@ def test_interrupted_export_keeps_previous_version(din_run, tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_cli_make_data_train_evaluate_export(tmp_path):
-    """The README's commands, on a tiny dataset, as subprocesses (one TF import each)."""
+def test_cli_make_data_train_evaluate_export(tmp_path, capsys):
+    """The README's commands, on a tiny dataset, as subprocesses (one TF import each); the baseline run and the
+    refusal that needs TensorFlow run in this process (`python -m run.train` as it parses its flags)."""
+    from test_reliability import _flags, _main_out
+
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     data = str(tmp_path / "tiny")
     run = str(tmp_path / "run")
@@ -317,9 +321,10 @@ def test_cli_make_data_train_evaluate_export(tmp_path):
              "--impressions_per_user=8", "--seq_len=8", "--dim=8")
     assert "bayes AUC" in out and "train" in out
     base = str(tmp_path / "base")
-    for run_dir, seed in ((run, 0), (base, 1)):
-        sh("run.train", "--model=din", f"--dataset={data}", f"--run_dir={run_dir}", "--epochs=1", "--batch_size=64",
-           "--emb_dim=4", "--verbose=0", f"--seed={seed}")
+    train_argv = ["--model=din", f"--dataset={data}", "--epochs=1", "--batch_size=64", "--emb_dim=4", "--verbose=0"]
+    sh("run.train", *train_argv, f"--run_dir={run}", "--seed=0")
+    with flagsaver.flagsaver():
+        train(*_flags([*train_argv, f"--run_dir={base}", "--seed=1"]), log=lambda *a: None)
     valid_auc = {}
     for run_dir in (run, base):
         with open(os.path.join(run_dir, "metrics.json")) as f:
@@ -335,9 +340,8 @@ def test_cli_make_data_train_evaluate_export(tmp_path):
     assert res["rela_impr"] == pytest.approx(want, abs=1e-5)
     out = sh("run.export", f"--run_dir={run}", f"--export_dir={tmp_path / 'serving'}")
     assert os.path.exists(tmp_path / "serving" / "1" / "saved_model.pb")
-    p = subprocess.run([sys.executable, "-m", "run.train", "--model=din", "--dataset=electro",
-                        f"--data_dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert p.returncode != 0 and "run.make_data --dataset=electro" in p.stderr
+    rc, _, err = _main_out(["--model=din", "--dataset=electro", f"--data_dir={tmp_path}"], capsys)
+    assert rc != 0 and "run.make_data --dataset=electro" in err
     p = subprocess.run([sys.executable, "-m", "run.train", "--model=din", f"--dataset={data}", "--lambda_dec=0.3"],
                        cwd=REPO, env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "--lambda_dec" in p.stderr and "din" in p.stderr and "Traceback" not in p.stderr
