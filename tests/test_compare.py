@@ -177,7 +177,8 @@ def test_cli_rebuilds_the_report_from_finished_runs(sweep, small_dataset, monkey
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("sweep")
-def test_cli_rescores_the_cold_start_buckets_for_other_edges(sweep, small_dataset, train_clicks, monkeypatch, capsys):
+def test_cli_rescores_the_cold_start_buckets_for_other_edges(sweep, small_dataset, train_clicks, sweep_predictions,
+                                                             monkeypatch, capsys):
     """metrics.json has the default buckets; other --click_buckets re-score the selected runs' best checkpoints."""
     data = Dataset(small_dataset)
     test_clicks = train_clicks[np.concatenate([f["item_id"].numpy() for f, _ in data.tf_dataset("test", 4096)])]
@@ -195,13 +196,21 @@ def test_cli_rescores_the_cold_start_buckets_for_other_edges(sweep, small_datase
     for row in rep["models"]:
         assert [b["examples"] for b in row["cold_start"]["buckets"]] == [int(b.sum()) for b in buckets]
         runs = [os.path.join(sweep["out"], "runs", f"{row['model']}-s{s}") for s in SEEDS]
-        preds = [predict_split(load_run(r)[0], data, "test") for r in runs]
+        preds = [sweep_predictions[r] for r in runs]
         for b, rows in zip(row["cold_start"]["buckets"], buckets):  # the mean over seeds of each re-scored run
             want = np.mean([M.auc(p["label"][rows], p["prob"][rows]) for p in preds])
             assert b["auc"]["mean"] == pytest.approx(want, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- cold start
+@pytest.fixture(scope="module")
+def sweep_predictions(sweep, small_dataset):
+    """{run directory: `predict_split` of its best checkpoint on the test split} for every run of the sweep."""
+    data = Dataset(small_dataset)
+    runs = [os.path.join(sweep["out"], "runs", f"{m}-s{s}") for m in MODELS for s in SEEDS]
+    return {r: predict_split(load_run(r)[0], data, "test") for r in runs}
+
+
 @pytest.fixture(scope="module")
 def train_clicks(small_dataset):
     """Clicks per item id counted independently of the project's readers: every training record parsed as a
@@ -217,7 +226,8 @@ def train_clicks(small_dataset):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("sweep")
-def test_training_clicks_and_each_runs_buckets_against_independent_computations(sweep, small_dataset, train_clicks):
+def test_training_clicks_and_each_runs_buckets_against_independent_computations(sweep, small_dataset, train_clicks,
+                                                                                 sweep_predictions):
     data = Dataset(small_dataset)
     np.testing.assert_array_equal(training_clicks(data), train_clicks)
     assert train_clicks.sum() == data.manifest["splits"]["train"]["positives"]  # the writer's own count
@@ -228,8 +238,7 @@ def test_training_clicks_and_each_runs_buckets_against_independent_computations(
             run_dir = os.path.join(sweep["out"], "runs", f"{row['model']}-s{s}")
             with open(os.path.join(run_dir, "metrics.json")) as f:
                 cold = json.load(f)["test"]["cold_start"]  # written by the trainer
-            model, _ = load_run(run_dir)
-            p = predict_split(model, data, "test")
+            p = sweep_predictions[run_dir]
             clicks = train_clicks[p["item_id"]]
             assert cold["edges"] == [0, 1, 5, 20]
             aucs = []
@@ -437,3 +446,30 @@ def test_read_run_marks_a_run_whose_final_evaluation_failed(tmp_path):
     status = {n: C.read_run(C.RunSpec("din", 0, 1e-3, 1024, str(tmp_path / n))) for n in ("ok", "bad", "none")}
     assert [status[n]["status"] for n in ("ok", "bad", "none")] == ["ok", "failed", "missing"]
     assert status["bad"]["error"] == "test: test data is unreadable: x: bad" and "error" not in status["ok"]
+
+
+def test_a_run_stopped_early_is_reused_under_a_higher_epoch_cap(tmp_path):
+    """A finished run made with --epochs=4 and --patience=1: reused under another cap when early stopping ended it
+    at or before that cap (best epoch 2, stopped after epoch 3), refused when it ran into its cap (best epoch 4 of 4:
+    it would train on) or when the new cap would cut it."""
+    base = TrainConfig(model="lr", dataset="d", epochs=4, patience=1, batch_size=1024)
+
+    def finished(name, best, run):
+        cfg = dataclasses.replace(base, run_dir=str(tmp_path / name))
+        os.makedirs(cfg.run_dir)
+        with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
+            json.dump({"train": dataclasses.asdict(cfg), "hparams": {}}, f)
+        with open(os.path.join(cfg.run_dir, "metrics.json"), "w") as f:
+            json.dump({"best_epoch": best, "epochs_run": run}, f)
+        return cfg
+
+    stopped, capped = finished("stopped", 2, 3), finished("capped", 4, 4)
+    for epochs in (3, 4, 30):
+        C.check_run_dir(dataclasses.replace(stopped, epochs=epochs), {})
+    with pytest.raises(ValueError, match=r"epochs=4, this sweep asks for epochs=2 and was not stopped early"):
+        C.check_run_dir(dataclasses.replace(stopped, epochs=2), {})
+    C.check_run_dir(capped, {})
+    with pytest.raises(ValueError, match=r"capped.*epochs=4, this sweep asks for epochs=30 and was not stopped"):
+        C.check_run_dir(dataclasses.replace(capped, epochs=30), {})
+    with pytest.raises(ValueError, match="patience=1, this sweep asks for patience=2"):
+        C.check_run_dir(dataclasses.replace(stopped, epochs=30, patience=2), {})

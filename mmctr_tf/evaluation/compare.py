@@ -49,7 +49,8 @@ RELA_NOTE = ("RelaImpr = (AUC_model - 0.5) / (AUC_DIN - 0.5) - 1 on the mean tes
 DEFAULT_GAUC_WEIGHTING = "impression-weighted mean of per-group AUC over groups with both classes"
 CONVERGED_NOTE = ("best / epochs: the epoch selected on validation AUC / the epochs trained, per seed; a run whose "
                   "best epoch is its last was still improving when the --epochs cap stopped it: **not converged**")
-# TrainConfig fields a finished or partial run must share with the sweep that reuses it
+# TrainConfig fields a finished or partial run must share with the sweep that reuses it (but for `epochs`: a run
+# stopped early at or before the sweep's cap is reused, `_same_under_cap`)
 CHECKED_FIELDS = ("model", "dataset", "seed", "learning_rate", "epochs", "batch_size", "lr_decay", "patience",
                   "steps_per_epoch")
 
@@ -111,13 +112,32 @@ def check_run_dir(cfg, hparams: dict) -> None:
         old = json.load(f)
     want = dataclasses.asdict(cfg)
     for key in CHECKED_FIELDS:
+        if key == "epochs" and old["train"].get(key) != want[key] and _same_under_cap(cfg.run_dir, old, want[key]):
+            continue
         if old["train"].get(key) != want[key]:
+            why = (" and was not stopped early at or before that many epochs, so it would train differently"
+                   if key == "epochs" else "")
             raise ValueError(f"{path}: run was made with {key}={old['train'].get(key)!r}, this sweep asks for "
-                             f"{key}={want[key]!r}; use another --out_dir (or delete that run directory)")
+                             f"{key}={want[key]!r}{why}; use another --out_dir (or delete that run directory)")
     hp = {k: v for k, v in hparams.items() if v is not None}
     if old.get("hparams") != json.loads(json.dumps(hp)):
         raise ValueError(f"{path}: run was made with hyper-parameters {old.get('hparams')}, this sweep asks for {hp}; "
                          f"use another --out_dir (or delete that run directory)")
+
+
+def _same_under_cap(run_dir: str, old: dict, epochs: int) -> bool:
+    """Whether a finished run made under another epoch cap is the run this cap would make: it was stopped by early
+    stopping (`patience` epochs after its best one) at or before `epochs`. Nothing else of training reads the cap
+    (the learning rate decays per epoch), so the same seed gives the same epochs and the same stop."""
+    path = os.path.join(run_dir, METRICS)
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        m = json.load(f)
+    run, best, patience = m.get("epochs_run"), m.get("best_epoch"), old["train"].get("patience")
+    if not all(isinstance(v, int) for v in (run, best, patience)):
+        return False
+    return run - best >= patience and run <= epochs
 
 
 def read_run(spec: RunSpec) -> dict:
