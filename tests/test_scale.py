@@ -8,10 +8,13 @@ import collections
 import csv
 import dataclasses
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
 from mmctr_tf.data import converters, synthetic
 from mmctr_tf.data import tables as T
@@ -258,6 +261,23 @@ def test_int8_tables_2m_items_x128_x2_modalities_fit_600mb(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
+def test_script_without_main_guard_fails_at_once_naming_the_guard(tmp_path):
+    """A script that calls synthetic.build with worker processes but without the `if __name__ == "__main__":` guard:
+    each spawned worker runs the script again and dies. It used to hang the parent for good; now it fails within
+    seconds, names the guard, and leaves neither the dataset nor a temporary directory behind."""
+    script = tmp_path / "noguard.py"
+    script.write_text("from mmctr_tf.data import synthetic\n"
+                      "cfg = synthetic.SyntheticConfig(num_users=600, num_items=100, impressions_per_user=4, dim=4, "
+                      "seq_len=4, chunk_users=200, workers=2, seed=1)\n"
+                      f"synthetic.build({str(tmp_path / 'out')!r}, cfg, log=lambda *a: None)\n")
+    env = {**os.environ, "PYTHONPATH": REPO}
+    r = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "WorkerStartError" in r.stderr, r.stderr[-2000:]
+    assert 'if __name__ == "__main__":' in r.stderr.splitlines()[-1]
+    assert sorted(os.listdir(tmp_path)) == ["noguard.py"]
+
+
 def test_chunked_synthetic_generator(tmp_path):
     cfg = synthetic.config_for("synthetic_scale", num_users=1500, num_items=400, chunk_users=500, num_shards=2,
                                dim=8, seq_len=10, impressions_per_user=10)

@@ -65,6 +65,8 @@ import copy
 import dataclasses
 import multiprocessing
 import os
+import pickle
+import tempfile
 import time
 from typing import Optional
 
@@ -528,7 +530,9 @@ def _framed(cfg: SyntheticConfig, schema: Schema, splits: dict) -> dict:
 _WORKER: dict = {}  # a worker process's config, schema and world (set once by `_init_worker`)
 
 
-def _init_worker(cfg: SyntheticConfig, story) -> None:
+def _init_worker(cfg: SyntheticConfig, story_path: str) -> None:
+    with open(story_path, "rb") as f:
+        story = pickle.load(f)
     _WORKER.update(cfg=cfg, schema=_schema(cfg), story=story)
 
 
@@ -541,7 +545,12 @@ def _framed_chunks(cfg: SyntheticConfig, schema: Schema, story):
     """Every chunk's `_framed` output, in chunk order; with `cfg.workers` != 1 from a pool of processes (0 = one
     per CPU core) that get the world once (without its vector tables) and hold at most a few chunks in flight.
     The processes are spawned, not forked (the caller may run TensorFlow's threads), so a script calling `build`
-    needs the usual `if __name__ == "__main__":` guard."""
+    needs the usual `if __name__ == "__main__":` guard; without it a worker dies while it starts, and
+    `WorkerStartError` says so.
+
+    The world goes to the workers through a temporary file, not through the process arguments: a spawned child
+    runs the caller's script before it reads those, and Python's parent blocks for good on writing more than a pipe
+    holds to a child that died meanwhile (the pipe's other end is still open in the parent)."""
     n = _num_chunks(cfg)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(n, cfg.workers or cores)
@@ -552,15 +561,29 @@ def _framed_chunks(cfg: SyntheticConfig, schema: Schema, story):
     light = copy.copy(story)
     light.vectors = light.present = None  # the workers draw examples; the tables are written here
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(cfg, light)) as pool:
-        pending = collections.deque()
-        for c in range(n):
-            pending.append(pool.submit(_framed_chunk, c))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    with tempfile.TemporaryDirectory(prefix="mmctr_synthetic_") as tmp:
+        story_path = os.path.join(tmp, "story.pkl")
+        with open(story_path, "wb") as f:
+            pickle.dump(light, f, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                        initargs=(cfg, story_path)) as pool:
+                pending = collections.deque()
+                for c in range(n):
+                    pending.append(pool.submit(_framed_chunk, c))
+                    if len(pending) > workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise WorkerStartError(
+                f"synthetic: a worker process died ({e}). Worker processes are spawned and import the calling "
+                f"script again, so a script that calls synthetic.build needs `if __name__ == \"__main__\":` around "
+                f"the call (or SyntheticConfig(workers=1), or `python -m run.make_data`)") from None
+
+
+class WorkerStartError(RuntimeError):
+    """A generator worker process died (most often: a calling script without the `__main__` guard)."""
 
 
 def build(out_dir: str, cfg: SyntheticConfig, log=print) -> dict:
