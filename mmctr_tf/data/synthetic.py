@@ -575,7 +575,7 @@ def _framed_chunks(cfg: SyntheticConfig, schema: Schema, story):
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()
-        except concurrent.futures.process.BrokenProcessPool as e:
+        except concurrent.futures.BrokenExecutor as e:  # the pool's BrokenProcessPool
             raise WorkerStartError(
                 f"synthetic: a worker process died ({e}). Worker processes are spawned and import the calling "
                 f"script again, so a script that calls synthetic.build needs `if __name__ == \"__main__\":` around "
