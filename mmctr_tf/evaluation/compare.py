@@ -112,13 +112,15 @@ def check_run_dir(cfg, hparams: dict) -> None:
         old = json.load(f)
     want = dataclasses.asdict(cfg)
     for key in CHECKED_FIELDS:
-        if key == "epochs" and old["train"].get(key) != want[key] and _same_under_cap(cfg.run_dir, old, want[key]):
+        if old["train"].get(key) == want[key]:
             continue
-        if old["train"].get(key) != want[key]:
-            why = (" and was not stopped early at or before that many epochs, so it would train differently"
-                   if key == "epochs" else "")
-            raise ValueError(f"{path}: run was made with {key}={old['train'].get(key)!r}, this sweep asks for "
-                             f"{key}={want[key]!r}{why}; use another --out_dir (or delete that run directory)")
+        why = ""
+        if key == "epochs":
+            if _same_under_cap(cfg.run_dir, old, want[key]):
+                continue
+            why = " and was not stopped early at or before that many epochs, so it would train differently"
+        raise ValueError(f"{path}: run was made with {key}={old['train'].get(key)!r}, this sweep asks for "
+                         f"{key}={want[key]!r}{why}; use another --out_dir (or delete that run directory)")
     hp = {k: v for k, v in hparams.items() if v is not None}
     if old.get("hparams") != json.loads(json.dumps(hp)):
         raise ValueError(f"{path}: run was made with hyper-parameters {old.get('hparams')}, this sweep asks for {hp}; "
