@@ -273,6 +273,18 @@ def test_attribute_story_is_the_earlier_generator():
 ATTRIBUTE_DIGEST = "4386fd4be2aecbe991d567e27890e2e7486d93b2c264014c42dcc6a4326a7ea6"
 
 
+def test_choice_draws_what_numpy_choice_draws():
+    """`synthetic._choice` (the attribute story's sampler, queries sorted) against numpy's `Generator.choice` with
+    the same p: the same items and the same generator state after; p Zipf-like with zeros at both ends of a run."""
+    p = np.concatenate([[0.0], np.arange(1, 5001) ** -1.1, np.zeros(3), [0.5]])
+    p /= p.sum()
+    for shape in (7, (64, 33)):
+        ours, numpys = np.random.default_rng(11), np.random.default_rng(11)
+        np.testing.assert_array_equal(synthetic._choice(ours, synthetic._cdf(p), shape),
+                                      numpys.choice(len(p), size=shape, p=p))
+        assert ours.random() == numpys.random()
+
+
 def test_synthetic_industrial_has_requests_days_and_real_negatives():
     cfg = synthetic.SyntheticConfig(num_users=200, num_items=200, impressions_per_user=12, variant="industrial")
     schema, splits, _, _, _ = synthetic.generate(cfg)

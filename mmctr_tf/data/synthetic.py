@@ -177,6 +177,24 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _cdf(p: np.ndarray) -> np.ndarray:
+    """The cumulative distribution numpy's `Generator.choice(len(p), p=p)` searches (the same floats)."""
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+    return cdf
+
+
+def _choice(rng: np.random.Generator, cdf: np.ndarray, shape) -> np.ndarray:
+    """`rng.choice(len(cdf), size=shape, p=p)` for `cdf = _cdf(p)`: the same draws and the same state of `rng` after
+    (numpy takes one uniform per sample and searches `cdf` on its right side), with the queries sorted first, which
+    searches about twice as fast and skips choice's per-call checks and cumulative sum."""
+    u = rng.random(shape).reshape(-1)
+    order = np.argsort(u)
+    idx = np.empty(u.size, np.int64)
+    idx[order] = cdf.searchsorted(u[order], "right")
+    return idx.reshape(shape)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.where(norm > 0, norm, 1.0)
@@ -249,6 +267,10 @@ class _AttributeStory:
             present[name][0] = False
             vectors[name][~present[name]] = 0.0
         self.w, self.vectors, self.present = w, vectors, present
+        exp_p = w["pop"] ** 0.6  # targets are exposed with popularity^0.6
+        exp_p[0] = 0
+        exp_p /= exp_p.sum()
+        self.pop_cdf, self.exposure_cdf = _cdf(w["pop"]), _cdf(exp_p)
 
     def logit(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """True click logit for user/item index arrays of the same shape."""
@@ -263,8 +285,7 @@ class _AttributeStory:
     def histories(self, user_idx: np.ndarray, rng: np.random.Generator):
         """Click histories of the users `user_idx` (0-based): popularity-weighted exposures accepted with the click
         probability, in time order. Returns (hists [n, max_hist] item ids, hist_n [n])."""
-        cfg, w = self.cfg, self.w
-        n_items, n_users = cfg.num_items, len(user_idx)
+        cfg, n_users = self.cfg, len(user_idx)
         n_cand = max(8 * cfg.max_hist, 200)
         hist_target = rng.integers(cfg.min_hist, cfg.max_hist + 1, n_users)
         hists = np.zeros((n_users, cfg.max_hist), np.int64)
@@ -272,7 +293,7 @@ class _AttributeStory:
         for start in range(0, n_users, 2048):
             local = np.arange(start, min(n_users, start + 2048))
             users = user_idx[local]
-            cand = rng.choice(n_items + 1, size=(len(users), n_cand), p=w["pop"])
+            cand = _choice(rng, self.pop_cdf, (len(users), n_cand))
             p = _sigmoid(self.logit(users[:, None], cand))
             acc = rng.random(p.shape) < p
             order = np.argsort(~acc, axis=1, kind="stable")
@@ -284,10 +305,7 @@ class _AttributeStory:
         return hists, hist_n
 
     def targets(self, rng: np.random.Generator, n: int, hists, local, taus) -> np.ndarray:
-        exp_p = self.w["pop"] ** 0.6
-        exp_p[0] = 0
-        exp_p /= exp_p.sum()
-        return rng.choice(self.cfg.num_items + 1, size=n, p=exp_p)
+        return _choice(rng, self.exposure_cdf, n)
 
     def click_prob(self, users, targets, hists, local, taus) -> np.ndarray:
         return _sigmoid(self.logit(users, targets))
