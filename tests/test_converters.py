@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -777,7 +778,8 @@ def test_ctrl_c_during_conversion_says_what_was_kept(tmp_path):
     make_generic(raw)
     out = tmp_path / "g"
     argv = ["run.make_data", "--dataset=g", f"--raw_dir={raw}", f"--out_dir={out}", "--partition_events=40"]
-    code = ("import runpy, sys, time; from mmctr_tf.data.converters import build; "
+    code = ("import faulthandler, runpy, signal, sys, time; from mmctr_tf.data.converters import build; "
+            "faulthandler.register(signal.SIGUSR1); "
             "build._PARTITION_DONE_HOOK = lambda p: (print('partition', p, flush=True), time.sleep(60)); "
             f"sys.argv = {argv!r}; runpy.run_module('run.make_data', run_name='__main__')")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -786,7 +788,13 @@ def test_ctrl_c_during_conversion_says_what_was_kept(tmp_path):
         while "partition 0" not in proc.stdout.readline():
             assert proc.poll() is None, proc.stderr.read()
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # seen once in a full suite run, not reproduced alone: say where it hung
+            proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack to stderr
+            time.sleep(2)
+            proc.kill()
+            pytest.fail(f"no exit 60 s after SIGINT; the process' stacks:\n{proc.communicate()[1][-6000:]}")
     finally:
         proc.kill()
     partial = tmp_path / ".g.partial"
