@@ -184,15 +184,20 @@ def _cdf(p: np.ndarray) -> np.ndarray:
     return cdf
 
 
+def _search_right(cum: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`np.searchsorted(cum, x, "right")` for a 1-d `x`, with the queries sorted first: the same indices, found about
+    twice as fast for many random queries into a long `cum`."""
+    order = np.argsort(x)
+    idx = np.empty(len(x), np.int64)
+    idx[order] = np.searchsorted(cum, x[order], "right")
+    return idx
+
+
 def _choice(rng: np.random.Generator, cdf: np.ndarray, shape) -> np.ndarray:
     """`rng.choice(len(cdf), size=shape, p=p)` for `cdf = _cdf(p)`: the same draws and the same state of `rng` after
-    (numpy takes one uniform per sample and searches `cdf` on its right side), with the queries sorted first, which
-    searches about twice as fast and skips choice's per-call checks and cumulative sum."""
-    u = rng.random(shape).reshape(-1)
-    order = np.argsort(u)
-    idx = np.empty(u.size, np.int64)
-    idx[order] = cdf.searchsorted(u[order], "right")
-    return idx.reshape(shape)
+    (numpy takes one uniform per sample and searches `cdf` on its right side), searched with sorted queries and
+    without choice's per-call checks and cumulative sum."""
+    return _search_right(cdf, rng.random(shape).reshape(-1)).reshape(shape)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -222,10 +227,7 @@ class _Sampler:
             lo, hi = self.lo[g], self.hi[g]
             base = np.where(lo > 0, self.cum[np.maximum(lo - 1, 0)], 0.0)
             x = base + u * (self.cum[hi - 1] - base)
-        order = np.argsort(x)  # sorted queries search about twice as fast
-        idx = np.empty(len(x), np.int64)
-        idx[order] = np.searchsorted(self.cum, x[order], "right")
-        return self.order[np.clip(idx, lo, hi - 1)]
+        return self.order[np.clip(_search_right(self.cum, x), lo, hi - 1)]
 
 
 # ------------------------------------------------------------------------------------------------ story: attribute
