@@ -144,11 +144,14 @@ def export_model(model: keras.Model, export_dir: str, version: Optional[int] = N
     def serve_named(inputs):
         return {"probability": model(check_named_inputs(inputs, schema), training=False)}
 
-    def serve_examples(examples):
-        return {"probability": model(parse_serving_examples(examples, schema), training=False)}
-
     archive = keras.export.ExportArchive()
-    archive.add_endpoint(DEFAULT_SIGNATURE, serve_named, input_signature=[named_input_signature(schema)])
+    served = archive.add_endpoint(DEFAULT_SIGNATURE, serve_named, input_signature=[named_input_signature(schema)])
+
+    def serve_examples(examples):
+        # calls the named signature's function: the model is traced (and stored in the SavedModel) once, not once
+        # per signature
+        return served(parse_serving_examples(examples, schema))
+
     archive.add_endpoint(EXAMPLE_SIGNATURE, serve_examples,
                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     try:
