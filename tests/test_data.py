@@ -274,15 +274,29 @@ ATTRIBUTE_DIGEST = "4386fd4be2aecbe991d567e27890e2e7486d93b2c264014c42dcc6a4326a
 
 
 def test_choice_draws_what_numpy_choice_draws():
-    """`synthetic._choice` (the attribute story's sampler, queries sorted) against numpy's `Generator.choice` with
-    the same p: the same items and the same generator state after; p Zipf-like with zeros at both ends of a run."""
+    """`synthetic._choice` (the attribute story's sampler, a guide-table search) against numpy's `Generator.choice`
+    with the same p: the same items and the same generator state after; p Zipf-like with zeros at both ends of a
+    run."""
     p = np.concatenate([[0.0], np.arange(1, 5001) ** -1.1, np.zeros(3), [0.5]])
     p /= p.sum()
     for shape in (7, (64, 33)):
         ours, numpys = np.random.default_rng(11), np.random.default_rng(11)
-        np.testing.assert_array_equal(synthetic._choice(ours, synthetic._cdf(p), shape),
+        np.testing.assert_array_equal(synthetic._choice(ours, synthetic._SearchRight(synthetic._cdf(p)), shape),
                                       numpys.choice(len(p), size=shape, p=p))
         assert ours.random() == numpys.random()
+
+
+def test_guided_search_is_searchsorted_right():
+    """`synthetic._SearchRight` against `np.searchsorted(cum, x, "right")`: random queries, the entries themselves and
+    their float neighbours, 0, and queries at and past the last entry (an unnormalised cum with plateaus: items of
+    weight 0 at the start, inside and at the end)."""
+    rng = np.random.default_rng(5)
+    w = np.concatenate([[0.0, 0.0], rng.pareto(1.0, 3000), np.zeros(4), rng.random(500) * 1e-6, [0.0]])
+    cum = np.cumsum(w)
+    x = np.concatenate([rng.random(100_000) * cum[-1], cum, np.nextafter(cum, 0), np.nextafter(cum, np.inf),
+                        [0.0, cum[-1], cum[-1] * 2]])
+    for per_entry in (1, 4):
+        np.testing.assert_array_equal(synthetic._SearchRight(cum, per_entry)(x), np.searchsorted(cum, x, "right"))
 
 
 def test_synthetic_industrial_has_requests_days_and_real_negatives():

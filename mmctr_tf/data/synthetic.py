@@ -184,20 +184,37 @@ def _cdf(p: np.ndarray) -> np.ndarray:
     return cdf
 
 
-def _search_right(cum: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """`np.searchsorted(cum, x, "right")` for a 1-d `x`, with the queries sorted first: the same indices, found about
-    twice as fast for many random queries into a long `cum`."""
-    order = np.argsort(x)
-    idx = np.empty(len(x), np.int64)
-    idx[order] = np.searchsorted(cum, x[order], "right")
-    return idx
+class _SearchRight:
+    """`np.searchsorted(cum, x, "right")` (the number of entries <= x) for many random queries into one long
+    non-decreasing `cum` of non-negative floats, through a guide table: `per_entry * len(cum)` equal-width buckets
+    over [0, cum[-1]], each holding the answer for its lower edge. A query starts at the guide of the bucket below
+    its own (so float rounding never starts it past its answer) and steps right while the entry is <= x: the same
+    indices as searchsorted, 4-7x faster than searchsorted on 4.8M queries into 200k entries (a Zipf popularity;
+    at most 10 steps there)."""
+
+    def __init__(self, cum: np.ndarray, per_entry: int = 4):
+        cum = np.asarray(cum, np.float64)
+        buckets = per_entry * len(cum)
+        self.cum = np.append(cum, np.inf)  # the sentinel stops a query >= cum[-1] at len(cum)
+        self.scale = buckets / cum[-1]
+        self.guide = np.searchsorted(cum, np.arange(buckets) * (cum[-1] / buckets), "right")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        k = (x * self.scale).astype(np.int64) - 1
+        np.clip(k, 0, len(self.guide) - 1, out=k)
+        idx = self.guide[k]
+        active = np.flatnonzero(self.cum[idx] <= x)
+        while active.size:
+            idx[active] += 1
+            active = active[self.cum[idx[active]] <= x[active]]
+        return idx
 
 
-def _choice(rng: np.random.Generator, cdf: np.ndarray, shape) -> np.ndarray:
-    """`rng.choice(len(cdf), size=shape, p=p)` for `cdf = _cdf(p)`: the same draws and the same state of `rng` after
-    (numpy takes one uniform per sample and searches `cdf` on its right side), searched with sorted queries and
-    without choice's per-call checks and cumulative sum."""
-    return _search_right(cdf, rng.random(shape).reshape(-1)).reshape(shape)
+def _choice(rng: np.random.Generator, search: _SearchRight, shape) -> np.ndarray:
+    """`rng.choice(len(p), size=shape, p=p)` for `search = _SearchRight(_cdf(p))`: the same draws and the same state
+    of `rng` after (numpy takes one uniform per sample and searches the cdf on its right side), without choice's
+    per-call checks and cumulative sum."""
+    return search(rng.random(shape).reshape(-1)).reshape(shape)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -214,6 +231,7 @@ class _Sampler:
         self.group = group
         self.order = np.argsort(group[1:], kind="stable") + 1  # item ids, sorted by group
         self.cum = np.cumsum(weight[self.order])
+        self.search = _SearchRight(self.cum)
         g = group[self.order]
         ids = np.arange(int(group.max()) + 1)
         self.lo, self.hi = np.searchsorted(g, ids, "left"), np.searchsorted(g, ids, "right")
@@ -227,7 +245,7 @@ class _Sampler:
             lo, hi = self.lo[g], self.hi[g]
             base = np.where(lo > 0, self.cum[np.maximum(lo - 1, 0)], 0.0)
             x = base + u * (self.cum[hi - 1] - base)
-        return self.order[np.clip(_search_right(self.cum, x), lo, hi - 1)]
+        return self.order[np.clip(self.search(x), lo, hi - 1)]
 
 
 # ------------------------------------------------------------------------------------------------ story: attribute
@@ -272,7 +290,7 @@ class _AttributeStory:
         exp_p = w["pop"] ** 0.6  # targets are exposed with popularity^0.6
         exp_p[0] = 0
         exp_p /= exp_p.sum()
-        self.pop_cdf, self.exposure_cdf = _cdf(w["pop"]), _cdf(exp_p)
+        self.pop_search, self.exposure_search = _SearchRight(_cdf(w["pop"])), _SearchRight(_cdf(exp_p))
 
     def logit(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """True click logit for user/item index arrays of the same shape."""
@@ -295,7 +313,7 @@ class _AttributeStory:
         for start in range(0, n_users, 2048):
             local = np.arange(start, min(n_users, start + 2048))
             users = user_idx[local]
-            cand = _choice(rng, self.pop_cdf, (len(users), n_cand))
+            cand = _choice(rng, self.pop_search, (len(users), n_cand))
             p = _sigmoid(self.logit(users[:, None], cand))
             acc = rng.random(p.shape) < p
             order = np.argsort(~acc, axis=1, kind="stable")
@@ -307,7 +325,7 @@ class _AttributeStory:
         return hists, hist_n
 
     def targets(self, rng: np.random.Generator, n: int, hists, local, taus) -> np.ndarray:
-        return _choice(rng, self.exposure_cdf, n)
+        return _choice(rng, self.exposure_search, n)
 
     def click_prob(self, users, targets, hists, local, taus) -> np.ndarray:
         return _sigmoid(self.logit(users, targets))
