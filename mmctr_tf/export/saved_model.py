@@ -8,9 +8,11 @@ Layout: `<export_dir>/<version>/` (TF Serving's model base path convention), wit
   serving_tf_example  `examples`: [B] serialized `tf.Example` with the TFRecords' features (label not needed;
                       histories of any length). Output: {"probability": [B] float32}.
 
-Only variables that the inference graph uses are written (the endpoints are traced with training=False and the
-model is not tracked as a whole), so training-only parts (the DMAE decoder, Diff-MSIN's noise) are absent; the
-frozen vector tables are inside.
+The tf.Example signature parses its examples and calls the named signature's function, so the model's graph is
+traced and stored once (DMAE's saved_model.pb: 392 KB, against 618 KB with one copy per signature; the latency of
+either signature is unchanged). Only variables that the inference graph uses are written (the endpoints are traced
+with training=False and the model is not tracked as a whole), so training-only parts (the DMAE decoder, Diff-MSIN's
+noise) are absent; the frozen vector tables are inside.
 
 Malformed requests (tests/test_fuzz.py): a wrongly typed, mis-sized or inconsistent feature fails with an
 InvalidArgumentError naming it, missing features take their defaults, unknown features are ignored, and the
