@@ -189,8 +189,8 @@ class _SearchRight:
     non-decreasing `cum` of non-negative floats, through a guide table: `per_entry * len(cum)` equal-width buckets
     over [0, cum[-1]], each holding the answer for its lower edge. A query starts at the guide of the bucket below
     its own (so float rounding never starts it past its answer) and steps right while the entry is <= x: the same
-    indices as searchsorted, 4-7x faster than searchsorted on 4.8M queries into 200k entries (a Zipf popularity;
-    at most 10 steps there)."""
+    indices as searchsorted, 3-7x faster than searchsorted (4-7x than searchsorted on sorted queries) on 4.8M
+    queries into the 200k-entry cdfs of the attribute story's popularity and exposure (at most 10 steps there)."""
 
     def __init__(self, cum: np.ndarray, per_entry: int = 4):
         cum = np.asarray(cum, np.float64)
