@@ -460,6 +460,7 @@ def test_flags_are_validated_before_tensorflow_and_before_any_file(tmp_path):
         assert not tf_imported, (cmd, args)
 
 
+@pytest.mark.slow  # 4.0 s alone (-n 0) on the 2-core machine
 def test_evaluating_a_run_on_another_dataset_warns_and_names_both(small_dataset, tmp_path):
     """Issue #15.10: run.evaluate of a run on a dataset other than its own (was: scored silently, and
     eval_<split>.json did not name the dataset) warns, naming both, and records both."""

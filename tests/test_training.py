@@ -186,6 +186,7 @@ def test_nonfinite_guard_names_the_step():
         guard.on_train_batch_end(7, {"loss": float("nan")})
 
 
+@pytest.mark.slow  # 5.1 s alone (-n 0) on the 2-core machine
 def test_predict_split_traces_the_model_once_for_every_split(small_dataset):
     """Scoring valid then test, each with a partial last batch, traces one inference function; its probabilities are
     the Keras model's own on the same examples."""
