@@ -774,7 +774,7 @@ def test_hostile_raw_files_get_clear_messages(tmp_path):
 
 def _signal_state(pid: int) -> str:
     """SigPnd/ShdPnd/SigBlk/SigIgn/SigCgt of every thread of process `pid` (Linux /proc). The Ctrl-C test below hung
-    twice in full suite runs with its child asleep in the partition hook, the SIGINT neither handled nor raised; these
+    in three full suite runs with its child asleep in the partition hook, the SIGINT neither handled nor raised; these
     lines say whether it was ignored, blocked or pending, and in which thread."""
     lines = []
     for task in sorted(glob.glob(f"/proc/{pid}/task/*")):
@@ -815,7 +815,7 @@ def test_ctrl_c_during_conversion_says_what_was_kept(tmp_path):
         proc.send_signal(signal.SIGINT)
         try:
             stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:  # seen in two full suite runs, never alone: say where and why it hung
+        except subprocess.TimeoutExpired:  # seen in three full suite runs, never alone: say where and why it hung
             state = _signal_state(proc.pid)
             proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack to stderr
             time.sleep(2)
