@@ -69,7 +69,7 @@ def test_din_beats_popularity_and_stays_below_bayes(din_run, small_dataset):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("din_run")
-def test_run_dir_contents_and_metrics_contract(din_run):
+def test_run_dir_contents_and_metrics_contract(din_run, small_dataset):
     run_dir, result = din_run
     for name in ("config.json", "epochs.jsonl", "best.weights.h5", "best.json", "metrics.json", "tensorboard"):
         assert os.path.exists(run_dir / name), name
@@ -81,6 +81,23 @@ def test_run_dir_contents_and_metrics_contract(din_run):
     assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
     best = max(epochs, key=lambda e: e["val_auc"])
     assert m["best_epoch"] == best["epoch"]  # selected on validation, never test
+    # the epoch kept is the epoch validated, scored exactly: the best checkpoint's AUC (pairwise count) and logloss
+    # (numpy) on the whole validation split equal that epoch's val_auc and val_logloss, best.json and metrics.json
+    model, _ = load_run(str(run_dir))
+    labels, probs = [], []
+    for feats, label in Dataset(small_dataset).tf_dataset("valid", 512):
+        probs.append(model(feats, training=False).numpy().astype(np.float64))
+        labels.append(label.numpy())
+    y, p = np.concatenate(labels), np.concatenate(probs)
+    pos, neg = p[y == 1], p[y == 0]
+    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    logloss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    with open(run_dir / cb.BEST_STATE) as f:
+        kept = json.load(f)
+    for value in (best["val_auc"], kept["best"], m["best_val_auc"], m["valid"]["auc"]):
+        assert value == pytest.approx(pairwise, abs=1e-6)
+    for value in (best["val_logloss"], best["val_loss"], m["valid"]["logloss"]):
+        assert value == pytest.approx(logloss, abs=1e-6)
     # finished runs are not retrained
     again = train(TrainConfig(model="din", dataset=m["dataset"], run_dir=str(run_dir)), SMALL, log=lambda *a: None)
     assert again == m
@@ -144,8 +161,9 @@ def test_two_replica_mirrored_strategy_on_cpu(small_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_jit_compiled_training(small_dataset, tmp_path):
-    """The trainer's steps (fit, validation, Dice re-estimation, predict) under XLA, on the smallest model with Dice;
-    the multimodal models' own graphs are compiled in test_dmae / test_diff_msin."""
+    """The trainer under XLA (`--jit_compile` compiles the training step; Dice re-estimation, validation and the
+    final predictions run their own tf.functions alongside), on the smallest model with Dice; the multimodal models'
+    own graphs are compiled in test_dmae / test_diff_msin."""
     result = train(_cfg(small_dataset, tmp_path / "xla", epochs=1, steps_per_epoch=2, jit_compile=True),
                    {"emb_dim": 4, "dnn_units": [8], "att_units": [4]}, log=lambda *a: None)
     assert np.isfinite(result["test"]["auc"])
@@ -204,38 +222,6 @@ def test_predict_split_traces_the_model_once_for_every_split(small_dataset):
         assert len(got["prob"]) == len(label) and len(label) % 300  # the last batch of 300 was partial
         np.testing.assert_allclose(got["prob"], model(feats, training=False).numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(got["label"], label.numpy())
-
-
-class _AuxLoss(keras.layers.Layer):
-    """Dense layer with a training-only auxiliary loss and its own tracker, like DMAE's decoder."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.dense = keras.layers.Dense(1, activation="sigmoid")
-        self.aux_tracker = keras.metrics.Mean(name="aux_loss")
-
-    def call(self, x, training=None):
-        if training:
-            loss = tf.reduce_mean(tf.square(x))
-            self.add_loss(0.01 * loss)
-            self.aux_tracker.update_state(loss)
-        return self.dense(x)
-
-
-def test_unmeasured_validation_copies_of_aux_losses_are_dropped(tmp_path):
-    """Keras logs val_<tracker> = 0 for layer-owned trackers that only training updates; DropUnmeasuredLogs (first
-    in the list) removes them for every later callback: History (like the progress bar, appended by Keras after the
-    user's callbacks) and epochs.jsonl."""
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, _AuxLoss()(inputs))
-    model.compile("adam", "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
-    x, y = np.random.default_rng(0).normal(size=(64, 3)).astype("float32"), np.arange(64) % 2
-    hist = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0,
-                     callbacks=[cb.DropUnmeasuredLogs(), cb.EpochLog(str(tmp_path))])
-    row = cb.read_epochs(str(tmp_path))[0]
-    for logs in (hist.history, row):
-        assert {"loss", "auc", "aux_loss", "val_loss", "val_auc"} <= set(logs), sorted(logs)
-        assert "val_aux_loss" not in logs, sorted(logs)
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from mmctr_tf.data.schema import read_jsonl, write_json_atomic
+from mmctr_tf.evaluation import metrics as M
+from mmctr_tf.evaluation.evaluate import predict_split
 
 BEST_WEIGHTS = "best.weights.h5"
 BEST_STATE = "best.json"
@@ -63,19 +65,30 @@ class BestCheckpointEarlyStopping(keras.callbacks.Callback):
             print(self.stopped, flush=True)
 
 
-class DropUnmeasuredLogs(keras.callbacks.Callback):
-    """Removes the `val_<name>` entries of auxiliary-loss trackers (DMAE's `dec_loss`, Diff-MSIN's `con_loss` and
-    `syn_loss`) from the epoch logs. Keras evaluates the validation set with every metric the model tracks, but these
-    trackers are updated in training only, so their `val_` copies would always read 0 in the progress bar,
-    TensorBoard, `History` and epochs.jsonl. Keras hands one logs dict to the callbacks in list order (its progress
-    bar and `History` come last), so this callback goes first in the list and edits that dict."""
+class Validation(keras.callbacks.Callback):
+    """At the end of every epoch, scores the whole validation split and adds its exact metrics to the epoch logs:
+    `val_auc` (ROC AUC, `metrics.auc`), `val_logloss` (`metrics.logloss`) and `val_loss`, the same click logloss
+    (auxiliary losses are training-only). NaN predictions give NaN for all three, so `NonFiniteGuard` stops the run
+    and `BestCheckpointEarlyStopping` never keeps such an epoch.
+
+    It replaces Keras' own validation (`fit(validation_data=...)`), whose AUC is approximated on a grid of
+    thresholds and whose test step is a graph of its own: here the model is scored by the tf.function that the
+    final evaluation of the best epoch uses (`evaluate.predict_split`), traced once per run, so the epoch selected
+    and the valid metrics of metrics.json come from one computation. It runs on one device. Keras hands one logs
+    dict to the callbacks in list order (its progress bar and `History` come last), so this callback goes before
+    every callback that reads `val_*`; `DiceStatistics` goes right before it."""
+
+    def __init__(self, data, batch_size: int):
+        super().__init__()
+        self.data, self.batch_size = data, int(batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        for m in self.model.metrics:
-            if m.name not in ("loss", "compile_metrics"):
-                logs.pop("val_" + m.name, None)
+        p = predict_split(self.model, self.data, "valid", self.batch_size)
+        finite = bool(np.all(np.isfinite(p["prob"])))
+        loss = M.logloss(p["label"], p["prob"]) if finite else float("nan")
+        auc = M.auc(p["label"], p["prob"]) if finite else float("nan")
+        if logs is not None:
+            logs.update(val_loss=loss, val_logloss=loss, val_auc=auc)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -103,9 +116,10 @@ class EpochLog(keras.callbacks.Callback):
 
 
 class DiceStatistics(keras.callbacks.Callback):
-    """Before every validation, sets the moving mean and variance of each Dice layer (`mmctr_tf.layers.core.Dice`)
-    to the mean and variance of its inputs on training data under the current weights, so the model that is
-    validated, selected and evaluated is the one that was trained.
+    """At the end of every epoch, before `Validation` (next in the callback list), sets the moving mean and
+    variance of each Dice layer (`mmctr_tf.layers.core.Dice`) to the mean and variance of its inputs on training
+    data under the current weights, so the model that is validated, selected and evaluated is the one that was
+    trained.
 
     Keras' BatchNormalization keeps exponential moving averages (momentum 0.99, variance started at 1): on a small
     dataset (21 steps per epoch on Amazon Scientific) the stored variances stay 10-100x the inputs' true ones, and
@@ -123,7 +137,7 @@ class DiceStatistics(keras.callbacks.Callback):
         self.steps = max(1, math.ceil(examples / self.global_batch))
         self._step = self._iterator = None
 
-    def on_test_begin(self, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
         self.reestimate()
 
     def _build(self):

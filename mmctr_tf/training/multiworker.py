@@ -25,7 +25,9 @@ runs the same training as `trainer.train`'s `fit` path with `strategy.run` + `tf
   validation files (`input_context.input_pipeline_id` of `num_input_pipelines`, see `tfrecord.make_dataset`);
   batches are per replica (`--batch_size`), the global batch is batch_size x all replicas of all workers;
 * validation metrics are variables that aggregate by SUM across replicas, so every worker sees the global
-  `val_auc` and takes the same best-epoch / early-stopping decision;
+  `val_auc` and takes the same best-epoch / early-stopping decision. It is Keras' AUC on 2,000 thresholds (metrics.json
+  calls the best value `best_val_auc_keras`), where the single-host trainer scores the validation split exactly on
+  one device (`callbacks.Validation`, `best_val_auc`): here each worker reads only its part of the split;
 * resume: a `tf.train.Checkpoint` (model, optimizer, finished epochs, best value/epoch) saved after every epoch to
   `<run_dir>/backup` by the chief; every worker restores from there (so `--run_dir` must be on storage all workers
   can read, as in TensorFlow's multi-worker guide) and the workers check that they restored the same state. As in

@@ -352,10 +352,10 @@ def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, strategy, s
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
     train_ds = data.tf_dataset("train", global_batch, shuffle=True, seed=cfg.seed, repeat=True)
-    valid_ds = data.tf_dataset("valid", global_batch)
     speed = Throughput(global_batch, steps)
     callbacks = [
-        cb.DropUnmeasuredLogs(),  # first: later callbacks see the edited logs
+        cb.DiceStatistics(data, strategy, global_batch, cfg.seed),  # Dice's statistics, before each validation
+        cb.Validation(data, cfg.eval_batch_size),  # before every callback that reads val_* from the logs
         cb.NonFiniteGuard(),  # before the checkpoints: a non-finite epoch is never saved
         # double_checkpoint: a kill while latest.weights.h5 is rewritten leaves a truncated file; the previous
         # epoch's copy is restored instead (tests/test_reliability.py)
@@ -363,11 +363,10 @@ def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, strategy, s
                                          double_checkpoint=True),
         best, cb.EpochLog(run_dir, epoch_extra), speed,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
-        cb.DiceStatistics(data, strategy, global_batch, cfg.seed),  # Dice's statistics, before each validation
         *extra_callbacks,
     ]
     try:
-        model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=valid_ds,
+        model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps,
                   callbacks=callbacks, verbose=cfg.verbose, shuffle=False)  # tf.data shuffles already
     except DATA_ERRORS:
         why = unreadable(data, ["train", "valid"])
@@ -377,7 +376,7 @@ def _fit(model, data: Dataset, cfg: TrainConfig, run_dir: str, best, strategy, s
     return {
         "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "run_dir": run_dir,
         "backbone": getattr(model, "backbone_name", None),  # None for models without a sequence backbone
-        "best_epoch": best.state["best_epoch"], "best_val_auc_keras": best.state["best"],
+        "best_epoch": best.state["best_epoch"], "best_val_auc": best.state["best"],
         "epochs_run": len(cb.read_epochs(run_dir)), "params": int(model.count_params()),
         "replicas": replicas, "global_batch": global_batch,
         "train_examples_per_sec": speed.examples_per_sec,
