@@ -1,8 +1,8 @@
 """Dice's stored statistics (mmctr_tf/layers/core.py::Dice, mmctr_tf/training/callbacks.py::DiceStatistics): after
 training, the moving mean and variance that inference uses must be those of the layer's inputs on the training
 data. `check_stored_dice_statistics` is applied to runs that other tests train anyway, one for every way the
-project trains: fit on one replica killed and resumed, on two replicas and with XLA (tests/test_training.py), the
-multi-worker custom loop on two replicas, resumed (tests/test_multiworker.py)."""
+project trains: fit on one replica killed and resumed, on two replicas (tests/test_training.py), with XLA (a DMAE,
+tests/test_dmae.py), the multi-worker custom loop on two replicas, resumed (tests/test_multiworker.py)."""
 
 import keras
 import numpy as np

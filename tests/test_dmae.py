@@ -8,7 +8,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_dice import check_stored_dice_statistics
 
+from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.data.schema import Schema
 from mmctr_tf.data.synthetic import SyntheticConfig, generate
 from mmctr_tf.data.tables import quantize
@@ -27,7 +29,8 @@ from mmctr_tf.layers.dmae import (
 from mmctr_tf.models.base import dummy_batch
 from mmctr_tf.models.din import DIN
 from mmctr_tf.models.dmae import DMAE
-from mmctr_tf.training.callbacks import reestimate_dice_statistics
+from mmctr_tf.training.callbacks import read_epochs, reestimate_dice_statistics
+from mmctr_tf.training.trainer import TrainConfig, train
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -644,18 +647,28 @@ def test_dmae_model_builds_no_LxL_tensor():
 
 
 @pytest.mark.slow
-def test_dmae_fit_jit_compiled_logs_dec_loss(data):
-    # (plain graph-mode fit, logging dec_loss too, is exercised by the capability test below)
-    schema, splits, tables, x, y = data
-    keras.utils.set_random_seed(0)
-    model = _dmae(schema, tables)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=True)
-    hist = model.fit(x, y, batch_size=64, epochs=2, steps_per_epoch=3, verbose=0)
-    assert "dec_loss" in hist.history and len(hist.history["dec_loss"]) == 2
-    assert all(np.isfinite(v) and v > 0 for v in hist.history["dec_loss"] + hist.history["loss"])
-    assert hist.history["loss"][-1] > 0.5 * hist.history["dec_loss"][-1]  # loss includes lambda_dec * L_dec
+def test_trainer_under_xla_logs_dec_loss(small_dataset, tmp_path):
+    """The trainer with `--jit_compile` (XLA compiles the training step; Dice re-estimation, validation and the
+    final predictions run their own tf.functions), on a tiny DMAE: XLA is compiled once, on a model that has the DIN
+    backbone's Dice and DMAE's layers and auxiliary loss. (Diff-MSIN's graph: tests/test_diff_msin.py.) Each epoch
+    logs L_dec, and the training loss is the click logloss plus lambda_dec x L_dec; the stored Dice statistics are
+    those of the training data (tests/test_dice.py)."""
+    hparams = {"emb_dim": 4, "dnn_units": [8], "att_units": [4], "mieu_dim": 4, "num_buckets": 6,
+               "decoder_units": [4], "lambda_dec": 0.5}
+    run = tmp_path / "xla"
+    result = train(TrainConfig(model="dmae", dataset=small_dataset, run_dir=str(run), epochs=2, steps_per_epoch=2,
+                               batch_size=256, jit_compile=True, verbose=0), hparams, log=lambda *a: None)
+    assert np.isfinite(result["test"]["auc"])
+    epochs = read_epochs(str(run))
+    assert len(epochs) == 2
+    for e in epochs:
+        assert np.isfinite(e["dec_loss"]) and e["dec_loss"] > 0, e
+        assert e["loss"] == pytest.approx(e["logloss"] + 0.5 * e["dec_loss"], rel=1e-5), e
+        assert "val_dec_loss" not in e  # trained only: never validated
+    check_stored_dice_statistics(run, small_dataset)
     # w/o IDDU: no decoder, hence no dec_loss tracker among the model's metrics
-    assert "dec_loss" not in [m.name for m in _dmae(schema, tables, lambda_dec=0.0).metrics]
+    data = Dataset(small_dataset)
+    assert "dec_loss" not in [m.name for m in DMAE(data.schema, lambda_dec=0.0).metrics]
 
 
 # ------------------------------------------------------------------------------------------------ capability

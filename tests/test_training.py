@@ -160,17 +160,6 @@ def test_two_replica_mirrored_strategy_on_cpu(small_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_jit_compiled_training(small_dataset, tmp_path):
-    """The trainer under XLA (`--jit_compile` compiles the training step; Dice re-estimation, validation and the
-    final predictions run their own tf.functions alongside), on the smallest model with Dice; the multimodal models'
-    own graphs are compiled in test_dmae / test_diff_msin."""
-    result = train(_cfg(small_dataset, tmp_path / "xla", epochs=1, steps_per_epoch=2, jit_compile=True),
-                   {"emb_dim": 4, "dnn_units": [8], "att_units": [4]}, log=lambda *a: None)
-    assert np.isfinite(result["test"]["auc"])
-    check_stored_dice_statistics(tmp_path / "xla", small_dataset)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mm_concat", "simtier", "dmae", "diff_msin"])
 def test_multimodal_models_train_under_mixed_float16(small_dataset, name):
     """Keras' mixed_float16 policy (`run.bench --mixed_precision` on a GPU; float16 matmuls also run on CPU):
