@@ -298,15 +298,17 @@ def test_removing_modalities_builds_and_trains(data, modalities):
 
 @pytest.mark.slow
 def test_jit_compile_fit(data):
-    """Default (per-position SRC) model under XLA; the batches contain empty histories, where E_syn starts at exactly
-    0 (a sqrt(0) in a cosine gave NaN gradients under XLA before `cosine` was made gradient-safe)."""
+    """Default (per-position SRC) model's training step under XLA (what `--jit_compile` compiles); the batches contain
+    empty histories, where E_syn starts at exactly 0 (a sqrt(0) in a cosine gave NaN gradients under XLA before
+    `cosine` was made gradient-safe). The trained model then scores finitely (inference is not compiled with XLA
+    anywhere in the project: the trainer's evaluation and the SavedModel run plain graphs)."""
     schema, splits, tables = data
     assert np.any(splits["train"]["hist_len"][:64] == 0)
     model = build(schema, tables)
     logs = fit_few(model, schema, splits["train"], jit_compile=True)  # 2 steps: step 1 used to NaN the weights
     assert np.all(np.isfinite(logs["loss"])) and np.isfinite(logs["syn_loss"][-1])
     assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
-    p = model.predict(inputs_of(schema, splits["test"], 16), verbose=0)
+    p = model(inputs_of(schema, splits["test"], 16), training=False).numpy()
     assert p.shape == (16,) and np.all(np.isfinite(p))
 
 
