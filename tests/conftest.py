@@ -25,6 +25,14 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(MAX_WORKERS, cores + 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked `slow` first (each group keeps its order). pytest-xdist (`--dist loadgroup`) hands out the
+    xdist groups of several tests first, then the single tests in this order: a long single test started last kept
+    one worker busy for a minute after the others had run out of work (the CLI test, 55 s, ended 60 s after two of
+    the three workers went idle in a timed run); the short tests now fill the end of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
