@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl.testing import flagsaver
 from conftest import REPO
 from test_dice import check_stored_dice_statistics
+from test_metrics import brute_auc
 
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.evaluation.metrics import auc
@@ -89,8 +90,7 @@ def test_run_dir_contents_and_metrics_contract(din_run, small_dataset):
         probs.append(model(feats, training=False).numpy().astype(np.float64))
         labels.append(label.numpy())
     y, p = np.concatenate(labels), np.concatenate(probs)
-    pos, neg = p[y == 1], p[y == 0]
-    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    pairwise = brute_auc(y, p)
     q = np.clip(p, 1e-7, 1 - 1e-7)  # probabilities clipped as metrics.logloss documents
     logloss = -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
     with open(run_dir / cb.BEST_STATE) as f:
