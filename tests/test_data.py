@@ -254,23 +254,39 @@ def test_interest_story_vectors_are_noisy_but_informative():
 
 
 def test_attribute_story_is_the_earlier_generator():
-    """The capability tests' worlds (story="attribute") are the data the generator gave before the interest story:
-    digest of every column and table, recorded with the earlier synthetic.py (commit 9bf919b)."""
+    """The capability tests' worlds (story="attribute") are the data the generator gave before the interest story,
+    recorded with the earlier synthetic.py (commit 9bf919b): a digest of every discrete column (ids, histories,
+    labels, presence flags), and per float column (p_true, vectors) its absolute sum and its projection on fixed
+    normal draws. Floats are compared to 1e-6 of their absolute sum, not bit for bit: numpy's BLAS picks its
+    kernels by CPU, and a digest of the float bytes recorded on one machine failed on an AMD EPYC one, where the
+    earlier synthetic.py gives the same values as this one."""
     import hashlib
 
     cfg = synthetic.SyntheticConfig(story="attribute", num_users=150, num_items=200, seq_len=12, max_hist=16,
                                     impressions_per_user=6, seed=3)
     _, splits, vectors, present, _ = synthetic.generate(cfg)
+    cols = {f"{s}/{k}": v for s, split in splits.items() for k, v in split.items()}
+    cols.update({f"vectors/{m}": v for m, v in vectors.items()})
+    cols.update({f"present/{m}": v for m, v in present.items()})
     h = hashlib.sha256()
-    for split in splits.values():
-        for k in sorted(split):
-            h.update(np.ascontiguousarray(split[k]).tobytes())
-    for m in sorted(vectors):
-        h.update(vectors[m].tobytes() + present[m].tobytes())
+    for k in sorted(cols):
+        v = np.ascontiguousarray(cols[k])
+        if k in ATTRIBUTE_FLOATS:
+            x = v.astype(np.float64).ravel()
+            abs_sum, projection = ATTRIBUTE_FLOATS[k]
+            assert np.abs(x).sum() == pytest.approx(abs_sum, rel=1e-6), k
+            assert abs(x @ np.random.default_rng(0).standard_normal(x.size) - projection) <= 1e-6 * abs_sum, k
+        else:
+            h.update(k.encode() + v.tobytes())
+    assert set(ATTRIBUTE_FLOATS) <= set(cols)
     assert h.hexdigest() == ATTRIBUTE_DIGEST
 
 
-ATTRIBUTE_DIGEST = "4386fd4be2aecbe991d567e27890e2e7486d93b2c264014c42dcc6a4326a7ea6"
+ATTRIBUTE_DIGEST = "d95fe94bc4ecf962a506da6008e60a651f365c20497f840a82a6628df07ceb62"
+ATTRIBUTE_FLOATS = {  # (sum |x|, x . N(0, 1) draws of default_rng(0))
+    "train/p_true": (106.66861027121797, -3.7213012246215063), "test/p_true": (20.094654595424856, 2.845838051706864),
+    "valid/p_true": (0.0, 0.0), "vectors/text": (6692.156933460923, 81.71061821122626),
+    "vectors/image": (6248.681517138619, 0.15424376524094896)}
 
 
 def test_choice_draws_what_numpy_choice_draws():
