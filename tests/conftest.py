@@ -1,5 +1,5 @@
-"""Shared fixtures. TensorFlow is imported once per pytest process; the CPU is split into two logical devices
-before anything initialises TensorFlow, so MirroredStrategy can be tested with two replicas."""
+"""Shared fixtures. TensorFlow is imported once per process that runs tests; there the CPU is split into two logical
+devices before anything initialises TensorFlow, so MirroredStrategy can be tested with two replicas."""
 
 import contextlib
 import os
@@ -7,22 +7,35 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The XLA tests check that a training step compiles and computes what the graph computes; LLVM's optimisation level
+# only changes how fast the generated code runs. Alone (`-n 0`), the Diff-MSIN XLA test took 16.2 s at level 0
+# against 19.0 s at the default.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 MAX_WORKERS = 4  # each worker imports TensorFlow and builds its own session fixtures
 
 
+def pytest_configure(config):
+    """Two logical CPU devices in every process that runs tests (the pytest-xdist workers, or pytest itself with
+    `-n 0`). pytest-xdist's controller only hands tests out: it does not import TensorFlow, which took 6 s there
+    before any worker started."""
+    if config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput"):
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pytest.ini): one worker more than there are cores, at most MAX_WORKERS. Much of the suite is
-    single-threaded Python (tracing, subprocesses starting): on 2 idle cores the full suite took 681.6 s with 3
-    workers against 763.6 s with 2, the same code measured back to back (README, Tests)."""
+    """`-n auto` (pytest.ini): one worker per core, at most MAX_WORKERS. On the 2-core machine (AMD EPYC), the full
+    suite took 300.0 s and 287.6 s with 2 workers against 311.1 s and 327.0 s with 3 (two pairs, the second in the
+    reverse order), with 15-20% less CPU: a third TensorFlow process on two cores spends more in waiting threads
+    than it gains in overlap (README, Tests). An earlier, slower machine had measured the reverse."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores + 1))
+    return max(1, min(MAX_WORKERS, cores))
 
 
 def pytest_collection_modifyitems(config, items):

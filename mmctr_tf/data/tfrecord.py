@@ -419,14 +419,19 @@ def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compr
         n = num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(n))
 
+    vocab_messages = [f"reader: {n} holds ids outside the vocabulary of the manifest (0..{schema.vocab_of(n) - 1})"
+                      for n in schema.id_features]
+
     def parse(serialized):
         feats = tf.io.parse_example(serialized, spec)
         # ids outside the manifest's vocabulary mean the manifest does not describe these shards (the writer maps
-        # unknown ids to 0); the model would silently read them as out-of-vocabulary
-        checks = [tf.debugging.assert_equal(
-            tf.reduce_all((feats[n] >= 0) & (feats[n] < schema.vocab_of(n))), True,
-            message=f"reader: {n} holds ids outside the vocabulary of the manifest (0..{schema.vocab_of(n) - 1})")
-            for n in schema.id_features]
+        # unknown ids to 0); the model would silently read them as out-of-vocabulary. One Assert op for all fields,
+        # naming the first field that fails (a tf.debugging.assert_equal per field cost 16 ms each to trace, for
+        # every dataset built)
+        outside = tf.stack([tf.reduce_any((feats[n] < 0) | (feats[n] >= schema.vocab_of(n)))
+                            for n in schema.id_features])
+        checks = [tf.debugging.Assert(tf.logical_not(tf.reduce_any(outside)), [
+            tf.gather(vocab_messages, tf.argmax(tf.cast(outside, tf.int32)))])]
         with tf.control_dependencies(checks):
             feats = {k: tf.identity(v) for k, v in feats.items()}
         if with_label:
