@@ -7,6 +7,8 @@ given explicitly (including another `--flagfile`, e.g. configs/dmae_industrial.c
 
 from __future__ import annotations
 
+import ast
+import functools
 import math
 import os
 import sys
@@ -145,10 +147,8 @@ def model_hparams(model: str) -> dict:
 def accepted_model_hparams(model: str, log=print) -> dict:
     """`model_hparams(model)` restricted to what the model takes (for commands that run several models, where a
     hyper-parameter flag applies to every model that takes it); the flags a model does not take are reported."""
-    from mmctr_tf.models import accepted_hparams, model_class
-
     hp = model_hparams(model)
-    ok = accepted_hparams(model_class(model))
+    ok = model_hparam_names(model)
     dropped = sorted(set(hp) - ok)
     if dropped:
         log(f"[{model}] does not take {', '.join('--' + d for d in dropped)}; not applied to it")
@@ -156,11 +156,46 @@ def accepted_model_hparams(model: str, log=print) -> dict:
 
 
 def check_hparams(model: str, hparams: dict) -> None:
-    from mmctr_tf.models import accepted_hparams, model_class
-
-    unknown = sorted(set(hparams) - accepted_hparams(model_class(model)))
+    unknown = sorted(set(hparams) - model_hparam_names(model))
     if unknown:
         raise flags.ValidationError(f"--model={model} does not take flag(s) {', '.join('--' + u for u in unknown)}")
+
+
+@functools.lru_cache(maxsize=None)
+def model_hparam_names(model: str) -> frozenset:
+    """The hyper-parameters the registered `model` takes, as `mmctr_tf.models.accepted_hparams` finds them (the
+    arguments of the `__init__` of its class and of each base class up to `CTRModel`, less `fixed_hparams`), read
+    from the source of mmctr_tf/models/ with `ast`: a flag the model does not take is refused before TensorFlow is
+    imported (tests/test_cli.py checks the two agree for every registered model)."""
+    import importlib.util
+
+    root = os.path.join(importlib.util.find_spec("mmctr_tf").submodule_search_locations[0], "models")
+    classes, registry = {}, {}
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(root, name)) as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                init = next((b for b in node.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+                fixed = [ast.literal_eval(b.value) for b in node.body if isinstance(b, ast.Assign)
+                         and any(isinstance(t, ast.Name) and t.id == "fixed_hparams" for t in b.targets)]
+                params = set() if init is None else {a.arg for a in init.args.args + init.args.kwonlyargs}
+                bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+                classes[node.name] = (bases, params - {"self", "schema", "kwargs"}, fixed[0] if fixed else None)
+            elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                  and any(isinstance(t, ast.Name) and t.id == "MODELS" for t in node.targets)):
+                registry = {ast.literal_eval(k): v.id for k, v in zip(node.value.keys, node.value.values)}
+    if model not in registry:
+        raise ValueError(f"unknown --model '{model}' (choose one of {', '.join(sorted(registry))})")
+    names, fixed, todo = set(), None, [registry[model]]
+    while todo:  # the class and its bases defined in mmctr_tf/models/ (CTRModel's base, keras.Model, is not)
+        bases, params, own_fixed = classes[todo.pop(0)]
+        names |= params
+        fixed = own_fixed if fixed is None else fixed  # the nearest class that sets it, as getattr finds it
+        todo += [b for b in bases if b in classes]
+    return frozenset(names - set(fixed or ()))
 
 
 def _flag_value(argv, name):

@@ -21,16 +21,19 @@ def main(argv):
     if FLAGS.print_config:
         print(common.config_in_force())
         return 0
+    hparams = common.hparams_from_flags()
+    try:
+        common.check_hparams(FLAGS.model, hparams)  # before TensorFlow is imported
+    except flags.ValidationError as e:
+        return common.fail(f"run.train: {e}")
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.locks import LockHeld
     from mmctr_tf.training.callbacks import NonFiniteLossError
     from mmctr_tf.training.trainer import train
 
-    hparams = common.hparams_from_flags()
     cfg = common.train_config()
     try:
-        common.check_hparams(FLAGS.model, hparams)
         train(cfg, hparams)
     except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError, LockHeld, flags.ValidationError) as e:
         return common.fail(f"run.train: {e}")

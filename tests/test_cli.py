@@ -45,3 +45,13 @@ def test_model_names_without_tensorflow_are_the_registry():
     from mmctr_tf.models import MODELS
 
     assert common.MODEL_NAMES == tuple(MODELS)
+
+
+def test_hparam_names_without_tensorflow_are_the_models_own():
+    """The flags each model takes, read from the source (`run.common.model_hparam_names`, for refusing a flag before
+    TensorFlow is imported), are the arguments `build_model` passes it (`accepted_hparams`, from the classes)."""
+    from mmctr_tf.models import MODELS, accepted_hparams
+
+    for name, cls in MODELS.items():
+        assert common.model_hparam_names(name) == accepted_hparams(cls), name
+    assert "emb_dim" not in common.model_hparam_names("lr") and "lambda_dec" in common.model_hparam_names("dmae")

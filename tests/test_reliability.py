@@ -429,6 +429,8 @@ def test_flags_are_validated_before_tensorflow_and_before_any_file(tmp_path):
              ("train", f"--run_dir={run} --lr_decay=1.5", "--lr_decay=1.5: must be in (0, 1]"),
              ("train", f"--run_dir={run} --steps_per_epoch=0", "--steps_per_epoch=0: must be >= 1"),
              ("train", f"--run_dir={run} --model=dinn", "--model=dinn: must be one of din, mm_concat"),
+             ("train", f"--run_dir={run} --model=din --lambda_dec=0.3",
+              "--model=din does not take flag(s) --lambda_dec"),
              ("compare", f"--out_dir={run} --seeds=0", "--seeds=0: must be >= 1"),
              ("compare", f"--out_dir={run} --models=din,dmea", "--models=din,dmea: must be a list of din"),
              ("compare", f"--out_dir={run} --learning_rates=0.1,inf", "--learning_rates=0.1,inf: must be a list"),
