@@ -5,7 +5,7 @@ import pytest
 
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.training.bench import spread_vocabulary
-from run.bench import _vocab
+from run.bench import _batches, _vocab
 
 
 def _pairs(old, new):
@@ -50,3 +50,9 @@ def test_vocab_flag_values():
     assert _vocab("1000000x200000") == (1_000_000, 200_000) and _vocab("data") is None
     with pytest.raises(ValueError, match="USERSxITEMS"):
         _vocab("1000000:200000")
+
+
+def test_latency_batches_flag_values():
+    """An empty --latency_batches (the README's scaling command) measures training only; was refused."""
+    assert _batches([]) and _batches(["1", "256"])
+    assert not _batches(["1", "0"]) and not _batches(["x"])
