@@ -18,14 +18,14 @@ def main(argv):
     bad = common.flag_error(common.TRAIN_FLAGS)
     if bad:
         return common.fail(f"run.train: {bad}")
-    if FLAGS.print_config:
-        print(common.config_in_force())
-        return 0
     hparams = common.hparams_from_flags()
     try:
         common.check_hparams(FLAGS.model, hparams)  # before TensorFlow is imported
     except flags.ValidationError as e:
         return common.fail(f"run.train: {e}")
+    if FLAGS.print_config:
+        print(common.config_in_force())
+        return 0
     common.quiet_tf()
     from mmctr_tf.data.schema import SchemaError
     from mmctr_tf.locks import LockHeld

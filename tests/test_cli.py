@@ -1,9 +1,15 @@
 """Config files and shared flags of the run/ commands."""
 
+import json
 import os
+import re
+import shlex
+import subprocess
+import sys
 
 from absl import flags
 from absl.testing import flagsaver
+from conftest import REPO
 
 from run import common
 
@@ -55,3 +61,38 @@ def test_hparam_names_without_tensorflow_are_the_models_own():
     for name, cls in MODELS.items():
         assert common.model_hparam_names(name) == accepted_hparams(cls), name
     assert "emb_dim" not in common.model_hparam_names("lr") and "lambda_dec" in common.model_hparam_names("dmae")
+
+
+def test_readme_commands_pass_their_flag_checks():
+    """Every `python -m run.train|compare|bench ...` command of README.md, with `--print_config` added, passes the
+    command's flag checks (exit 0, TensorFlow not imported): a check that refuses what the README tells users to run
+    fails here (it did: `run.bench --latency_batches=` of the scaling table). Commands with placeholders ([...],
+    `...`, `=T`) are left out."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    commands = sorted({c.strip() for c in re.findall(r"python -m (run\.(?:train|compare|bench)\b[^`|\n]*)", readme)
+                       if not re.search(r"\[|\.\.\.|=T\b", c)})
+    assert len(commands) >= 15, commands
+    code = """if 1:
+        import contextlib, io, json, sys
+        from run import bench, common, compare, train
+        parse = {"train": common.parse_with_configs, "compare": common.parse_for_several_models,
+                 "bench": common.parse_for_several_models}
+        for line in sys.stdin:
+            argv = json.loads(line)
+            cmd = argv[0].split(".")[1]
+            sys.argv = [argv[0], *argv[1:], "--print_config"]
+            common.FLAGS.unparse_flags()
+            parse[cmd](list(sys.argv))
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = globals()[cmd].main([])
+            print(json.dumps([rc, err.getvalue(), "tensorflow" in sys.modules]), flush=True)
+    """
+    argvs = [shlex.split(c, comments=True) for c in commands]
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       input="".join(json.dumps(a) + "\n" for a in argvs))
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(results) == len(commands)
+    for command, (rc, err, tf_imported) in zip(commands, results):
+        assert rc == 0 and not tf_imported, (command, rc, err)

@@ -426,8 +426,8 @@ def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compr
         feats = tf.io.parse_example(serialized, spec)
         # ids outside the manifest's vocabulary mean the manifest does not describe these shards (the writer maps
         # unknown ids to 0); the model would silently read them as out-of-vocabulary. One Assert op for all fields,
-        # naming the first field that fails (a tf.debugging.assert_equal per field cost 16 ms each to trace, for
-        # every dataset built)
+        # naming the first field that fails (with a tf.debugging.assert_equal per field, building a dataset of the
+        # tests' 3-field schema took 0.075 s, against 0.042 s)
         outside = tf.stack([tf.reduce_any((feats[n] < 0) | (feats[n] >= schema.vocab_of(n)))
                             for n in schema.id_features])
         checks = [tf.debugging.Assert(tf.logical_not(tf.reduce_any(outside)), [
