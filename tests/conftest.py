@@ -2,6 +2,7 @@
 devices before anything initialises TensorFlow, so MirroredStrategy can be tested with two replicas."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,35 @@ def small_dataset(tmp_path_factory):
                                     seq_len=20, max_hist=30, num_shards=2, seed=7, b_cate=2.0)
     synthetic.build(path, cfg, log=lambda *a: None)
     return path
+
+
+_RUN_MAINS = """if 1:
+    import contextlib, io, json, sys
+    from run import bench, common, compare, evaluate, export, train
+    parse = {"train": common.parse_with_configs, "compare": common.parse_for_several_models,
+             "bench": common.parse_for_several_models, "evaluate": common.FLAGS, "export": common.FLAGS}
+    for line in sys.stdin:
+        sys.argv = json.loads(line)
+        common.FLAGS.unparse_flags()
+        parse[sys.argv[0].split(".")[1]](list(sys.argv))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = globals()[sys.argv[0].split(".")[1]].main([])
+        print(json.dumps([rc, err.getvalue(), "tensorflow" in sys.modules]), flush=True)
+"""
+
+
+def run_mains(argvs):
+    """Runs each argv (`run.<command>` first, then its flags) as that command would, in one fresh process: flags parsed
+    as the command parses them (config files included), then its `main`. Returns [(exit code, stderr, whether
+    TensorFlow had been imported by then)], one per argv, for the flag checks that must come before TensorFlow."""
+    r = subprocess.run([sys.executable, "-c", _RUN_MAINS], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                       input="".join(json.dumps(list(a)) + "\n" for a in argvs))
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = [tuple(json.loads(line)) for line in r.stdout.splitlines()]
+    assert len(results) == len(argvs), r.stdout
+    return results
 
 
 @contextlib.contextmanager

@@ -1,15 +1,12 @@
 """Config files and shared flags of the run/ commands."""
 
-import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 from absl import flags
 from absl.testing import flagsaver
-from conftest import REPO
+from conftest import REPO, run_mains
 
 from run import common
 
@@ -72,27 +69,6 @@ def test_readme_commands_pass_their_flag_checks():
     commands = sorted({c.strip() for c in re.findall(r"python -m (run\.(?:train|compare|bench)\b[^`|\n]*)", readme)
                        if not re.search(r"\[|\.\.\.|=T\b", c)})
     assert len(commands) >= 15, commands
-    code = """if 1:
-        import contextlib, io, json, sys
-        from run import bench, common, compare, train
-        parse = {"train": common.parse_with_configs, "compare": common.parse_for_several_models,
-                 "bench": common.parse_for_several_models}
-        for line in sys.stdin:
-            argv = json.loads(line)
-            cmd = argv[0].split(".")[1]
-            sys.argv = [argv[0], *argv[1:], "--print_config"]
-            common.FLAGS.unparse_flags()
-            parse[cmd](list(sys.argv))
-            out, err = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                rc = globals()[cmd].main([])
-            print(json.dumps([rc, err.getvalue(), "tensorflow" in sys.modules]), flush=True)
-    """
-    argvs = [shlex.split(c, comments=True) for c in commands]
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                       input="".join(json.dumps(a) + "\n" for a in argvs))
-    assert r.returncode == 0, r.stderr[-3000:]
-    results = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(results) == len(commands)
+    results = run_mains([shlex.split(c, comments=True) + ["--print_config"] for c in commands])
     for command, (rc, err, tf_imported) in zip(commands, results):
         assert rc == 0 and not tf_imported, (command, rc, err)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl.testing import flagsaver
-from conftest import REPO, lock_holder
+from conftest import REPO, lock_holder, run_mains
 from test_training import _Kill, _SeenEpochs
 
 from mmctr_tf import locks
@@ -438,26 +438,9 @@ def test_flags_are_validated_before_tensorflow_and_before_any_file(tmp_path):
              ("bench", "--latency_batches=1,0", "--latency_batches=1,0: must be a list of integers >= 1"),
              ("evaluate", f"--run_dir={run} --split=tset", "--split=tset: must be train, valid or test"),
              ("export", f"--run_dir={run} --export_dir={run} --version=0", "--version=0: must be >= 1")]
-    code = """if 1:
-        import contextlib, io, json, sys
-        from run import bench, common, compare, evaluate, export, train
-        parse = {"train": common.parse_with_configs, "compare": common.parse_for_several_models,
-                 "bench": common.parse_for_several_models, "evaluate": common.FLAGS, "export": common.FLAGS}
-        for line in sys.stdin:
-            cmd, args = json.loads(line)
-            common.FLAGS.unparse_flags()
-            parse[cmd](["run." + cmd, *args.split()])
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                rc = globals()[cmd].main([])
-            print(json.dumps([rc, err.getvalue(), "tensorflow" in sys.modules]), flush=True)
-    """
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120,
-                       input="".join(json.dumps([c, a]) + "\n" for c, a, _ in cases))
-    assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == len(cases) and not run.exists()
-    for (cmd, args, message), line in zip(cases, r.stdout.splitlines()):
-        rc, err, tf_imported = json.loads(line)
+    results = run_mains([[f"run.{cmd}", *args.split()] for cmd, args, _ in cases])
+    assert not run.exists()
+    for (cmd, args, message), (rc, err, tf_imported) in zip(cases, results):
         assert rc == 2 and err.startswith(f"run.{cmd}: {message}") and err.count("\n") == 1, (cmd, args, rc, err)
         assert not tf_imported, (cmd, args)
 
