@@ -32,9 +32,9 @@ def pytest_configure(config):
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pytest.ini): one worker per core, at most MAX_WORKERS. On the 2-core machine (AMD EPYC), the full
-    suite took 300.0 s and 287.6 s with 2 workers against 311.1 s and 327.0 s with 3 (two pairs, the second in the
-    reverse order), with 15-20% less CPU: a third TensorFlow process on two cores spends more in waiting threads
-    than it gains in overlap (README, Tests). An earlier, slower machine had measured the reverse."""
+    suite took 300.0, 287.6 and 343.3 s with 2 workers against 311.1, 327.0 and 347.6 s with 3 (three pairs, run
+    back to back in alternating order), with 9-20% less CPU: a third TensorFlow process on two cores spends more in
+    waiting threads than it gains in overlap (README, Tests). An earlier, slower machine had measured the reverse."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(MAX_WORKERS, cores))
 
