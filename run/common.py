@@ -8,7 +8,6 @@ given explicitly (including another `--flagfile`, e.g. configs/dmae_industrial.c
 from __future__ import annotations
 
 import ast
-import functools
 import math
 import os
 import sys
@@ -18,10 +17,37 @@ from absl import logging as absl_logging
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 FLAGS = flags.FLAGS
-# The registered model names (`mmctr_tf.models.MODELS`' keys; tests/test_cli.py checks they agree), here so that a
-# bad --model is refused before TensorFlow is imported.
-MODEL_NAMES = ("din", "mm_concat", "dmae", "diff_msin", "lr", "fm", "deepfm", "wide_deep", "youtubenet", "gru4rec",
-               "bst", "simtier")
+
+
+def _models_source():
+    """(registry {name: class name}, {class name: (base names, `__init__` arguments, `fixed_hparams` or None)}) read
+    from the source of mmctr_tf/models/ with `ast`, so that --model and a model's flags are checked before TensorFlow
+    is imported (tests/test_cli.py checks both against `mmctr_tf.models`)."""
+    import importlib.util
+
+    root = os.path.join(importlib.util.find_spec("mmctr_tf").submodule_search_locations[0], "models")
+    classes, registry = {}, {}
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(root, name)) as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                init = next((b for b in node.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+                fixed = [ast.literal_eval(b.value) for b in node.body if isinstance(b, ast.Assign)
+                         and any(isinstance(t, ast.Name) and t.id == "fixed_hparams" for t in b.targets)]
+                params = set() if init is None else {a.arg for a in init.args.args + init.args.kwonlyargs}
+                bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+                classes[node.name] = (bases, params - {"self", "schema", "kwargs"}, fixed[0] if fixed else None)
+            elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                  and any(isinstance(t, ast.Name) and t.id == "MODELS" for t in node.targets)):
+                registry = {ast.literal_eval(k): v.id for k, v in zip(node.value.keys, node.value.values)}
+    return registry, classes
+
+
+_MODEL_REGISTRY, _MODEL_CLASSES = _models_source()
+MODEL_NAMES = tuple(_MODEL_REGISTRY)  # `mmctr_tf.models.MODELS`' keys, in its order
 
 # ------------------------------------------------------------------------------------------- run / data
 flags.DEFINE_string("model", "din", "Model: din, mm_concat, dmae, diff_msin; baselines: lr, fm, deepfm, wide_deep, "
@@ -161,40 +187,18 @@ def check_hparams(model: str, hparams: dict) -> None:
         raise flags.ValidationError(f"--model={model} does not take flag(s) {', '.join('--' + u for u in unknown)}")
 
 
-@functools.lru_cache(maxsize=None)
 def model_hparam_names(model: str) -> frozenset:
-    """The hyper-parameters the registered `model` takes, as `mmctr_tf.models.accepted_hparams` finds them (the
-    arguments of the `__init__` of its class and of each base class up to `CTRModel`, less `fixed_hparams`), read
-    from the source of mmctr_tf/models/ with `ast`: a flag the model does not take is refused before TensorFlow is
-    imported (tests/test_cli.py checks the two agree for every registered model)."""
-    import importlib.util
-
-    root = os.path.join(importlib.util.find_spec("mmctr_tf").submodule_search_locations[0], "models")
-    classes, registry = {}, {}
-    for name in sorted(os.listdir(root)):
-        if not name.endswith(".py"):
-            continue
-        with open(os.path.join(root, name)) as f:
-            tree = ast.parse(f.read())
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef):
-                init = next((b for b in node.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
-                fixed = [ast.literal_eval(b.value) for b in node.body if isinstance(b, ast.Assign)
-                         and any(isinstance(t, ast.Name) and t.id == "fixed_hparams" for t in b.targets)]
-                params = set() if init is None else {a.arg for a in init.args.args + init.args.kwonlyargs}
-                bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
-                classes[node.name] = (bases, params - {"self", "schema", "kwargs"}, fixed[0] if fixed else None)
-            elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
-                  and any(isinstance(t, ast.Name) and t.id == "MODELS" for t in node.targets)):
-                registry = {ast.literal_eval(k): v.id for k, v in zip(node.value.keys, node.value.values)}
-    if model not in registry:
-        raise ValueError(f"unknown --model '{model}' (choose one of {', '.join(sorted(registry))})")
-    names, fixed, todo = set(), None, [registry[model]]
+    """The hyper-parameters the registered `model` takes, as `mmctr_tf.models.accepted_hparams` finds them: the
+    arguments of the `__init__` of its class and of each base class up to `CTRModel`, less `fixed_hparams`
+    (`_models_source`; a flag the model does not take is refused before TensorFlow is imported)."""
+    if model not in _MODEL_REGISTRY:
+        raise ValueError(f"unknown --model '{model}' (choose one of {', '.join(sorted(_MODEL_REGISTRY))})")
+    names, fixed, todo = set(), None, [_MODEL_REGISTRY[model]]
     while todo:  # the class and its bases defined in mmctr_tf/models/ (CTRModel's base, keras.Model, is not)
-        bases, params, own_fixed = classes[todo.pop(0)]
+        bases, params, own_fixed = _MODEL_CLASSES[todo.pop(0)]
         names |= params
         fixed = own_fixed if fixed is None else fixed  # the nearest class that sets it, as getattr finds it
-        todo += [b for b in bases if b in classes]
+        todo += [b for b in bases if b in _MODEL_CLASSES]
     return frozenset(names - set(fixed or ()))
 
 

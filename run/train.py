@@ -35,7 +35,7 @@ def main(argv):
     cfg = common.train_config()
     try:
         train(cfg, hparams)
-    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError, LockHeld, flags.ValidationError) as e:
+    except (SchemaError, ValueError, FileNotFoundError, NonFiniteLossError, LockHeld) as e:
         return common.fail(f"run.train: {e}")
     except KeyboardInterrupt:
         return common.fail(f"run.train: interrupted; {interrupted_state(cfg.resolved_run_dir(), cfg.epochs)}", 130)

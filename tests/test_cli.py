@@ -44,7 +44,7 @@ def test_unknown_hparam_for_model_is_refused():
 
 
 def test_model_names_without_tensorflow_are_the_registry():
-    """run.common refuses a bad --model before TensorFlow is imported, from its own copy of the registered names."""
+    """run.common refuses a bad --model before TensorFlow is imported, from the registry as read from the source."""
     from mmctr_tf.models import MODELS
 
     assert common.MODEL_NAMES == tuple(MODELS)
