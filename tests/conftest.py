@@ -72,11 +72,12 @@ _RUN_MAINS = """if 1:
              "bench": common.parse_for_several_models, "evaluate": common.FLAGS, "export": common.FLAGS}
     for line in sys.stdin:
         sys.argv = json.loads(line)
+        cmd = sys.argv[0].split(".")[1]
         common.FLAGS.unparse_flags()
-        parse[sys.argv[0].split(".")[1]](list(sys.argv))
+        parse[cmd](list(sys.argv))
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = globals()[sys.argv[0].split(".")[1]].main([])
+            rc = globals()[cmd].main([])
         print(json.dumps([rc, err.getvalue(), "tensorflow" in sys.modules]), flush=True)
 """
 
@@ -86,8 +87,7 @@ def run_mains(argvs):
     as the command parses them (config files included), then its `main`. Returns [(exit code, stderr, whether
     TensorFlow had been imported by then)], one per argv, for the flag checks that must come before TensorFlow."""
     r = subprocess.run([sys.executable, "-c", _RUN_MAINS], cwd=REPO, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                       input="".join(json.dumps(list(a)) + "\n" for a in argvs))
+                       input="".join(json.dumps(list(a)) + "\n" for a in argvs))  # TF_CPP_MIN_LOG_LEVEL: above
     assert r.returncode == 0, r.stderr[-3000:]
     results = [tuple(json.loads(line)) for line in r.stdout.splitlines()]
     assert len(results) == len(argvs), r.stdout
