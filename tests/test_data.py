@@ -10,7 +10,7 @@ from mmctr_tf.data import synthetic
 from mmctr_tf.data import tables as T
 from mmctr_tf.data.datasets import Dataset, ensure_dataset
 from mmctr_tf.data.schema import Schema, SchemaError, read_manifest
-from mmctr_tf.data.tfrecord import ShardedWriter, find_bad_shard, make_dataset, masked_crc32c, pad_sequences
+from mmctr_tf.data.tfrecord import GZIP_LEVEL, ShardedWriter, find_bad_shard, make_dataset, masked_crc32c, pad_sequences
 from mmctr_tf.evaluation.metrics import auc
 
 
@@ -73,8 +73,8 @@ def test_masked_crc32c_matches_bitwise_crc():
 
 @pytest.mark.parametrize("compression", [None, "GZIP"])
 def test_writer_files_equal_tensorflow_writer_bytes(tmp_path, monkeypatch, compression):
-    """The numpy framing + zlib writer gives byte for byte the files of tf.io.TFRecordWriter (same records, same
-    round-robin over shards), across encoder blocks and write calls."""
+    """The numpy framing + zlib writer gives byte for byte the files of tf.io.TFRecordWriter at the writer's GZIP
+    level (same records, same round-robin over shards), across encoder blocks and write calls."""
     import tensorflow as tf
 
     from mmctr_tf.data.tfrecord import encode_examples
@@ -96,7 +96,8 @@ def test_writer_files_equal_tensorflow_writer_bytes(tmp_path, monkeypatch, compr
                                                                                            else "") for k in (2, 3, 4)]
     for k, path in enumerate(w.paths):
         ref = str(tmp_path / f"ref{k}")
-        with tf.io.TFRecordWriter(ref, tf.io.TFRecordOptions(compression_type=compression or "")) as tw:
+        options = tf.io.TFRecordOptions(compression_type=compression or "", compression_level=GZIP_LEVEL)
+        with tf.io.TFRecordWriter(ref, options) as tw:
             for rec in records[k::3]:
                 tw.write(rec)
         assert open(path, "rb").read() == open(ref, "rb").read(), path

@@ -82,5 +82,5 @@ class Dataset:
         return make_dataset(files if files is not None else self.files(split), self.schema, batch_size,
                             compression=self.compression, shuffle=shuffle, seed=seed, repeat=repeat,
                             drop_remainder=drop_remainder, with_label=with_label,
-                            num_examples=self.examples(split) if files is None and num_shards == 1 else None,
+                            num_examples=self.examples(split) if files is None else None,
                             num_shards=num_shards, shard_index=shard_index)
