@@ -375,15 +375,20 @@ def test_dataset_split_with_a_damaged_shard(small_dataset, tmp_path):
 def test_a_shard_cut_between_records_fails_every_pipeline(small_dataset, tmp_path):
     """A GZIP train shard cut where its decompressed bytes end between two records reads as a shorter file, without
     an error from TF's reader: the repeated, shuffled training pipeline fails at the end of its first pass (it read
-    fewer examples than the manifest says), so does one part of a record-sharded (multi-worker) read, and
-    find_bad_shard names the shard. The intact part reads exactly its share."""
+    fewer examples than the manifest says), so does the worker's part of a multi-worker read that holds the shard
+    (records or whole files dealt to the workers), and find_bad_shard names the shard. Intact, each part reads
+    exactly its share."""
     root = str(tmp_path / "copy")
     shutil.copytree(small_dataset, root)
     data = Dataset(root)
     assert data.compression == "GZIP" and len(data.files("train")) == 2
     n = data.examples("train")
+    per_file = [sum(1 for _ in tf.data.TFRecordDataset(f, compression_type="GZIP")) for f in data.files("train")]
+    assert data.file_examples("train") == per_file and sum(per_file) == n  # the manifest's counts, per file
     parts = [sum(int(y.shape[0]) for _, y in data.tf_dataset("train", 512, shard=(3, k))) for k in range(3)]
-    assert parts == [len(range(k, n, 3)) for k in range(3)]
+    assert parts == [len(range(k, n, 3)) for k in range(3)]  # records dealt to 3 workers
+    parts = [sum(int(y.shape[0]) for _, y in data.tf_dataset("train", 512, shard=(2, k))) for k in range(2)]
+    assert parts == per_file  # whole files dealt to 2 workers
     shard = data.files("train")[1]
     gz = open(shard, "rb").read()
     with open(shard, "wb") as f:
@@ -392,9 +397,10 @@ def test_a_shard_cut_between_records_fails_every_pipeline(small_dataset, tmp_pat
     with pytest.raises(tf.errors.FailedPreconditionError, match=f"expected to contain {n} elements"):
         for _ in range(3 * n // 512):  # three passes' worth
             next(batches)
-    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
-        for _ in data.tf_dataset("train", 512, shard=(3, 1)):
-            pass
+    for part in ((3, 1), (2, 1)):
+        with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
+            for _ in data.tf_dataset("train", 512, shard=part):
+                pass
     msg = find_bad_shard(data.files("train"), data.schema, data.compression)
     assert msg is not None and msg.startswith(shard + ": truncated: "), msg
 

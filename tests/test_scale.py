@@ -189,6 +189,8 @@ def test_partitioned_streaming_conversion_follows_din_protocol(tmp_path, monkeyp
         for r in np.flatnonzero(~pos):  # negatives: an item the user never interacted with
             assert items[c["item_id"][r]] not in full[users[c["user_id"][r]]]
         assert m["splits"][split]["users"] == len({e[0] for e in exp[split]})
+        per_file = [sum(1 for _ in tf.data.TFRecordDataset(f)) for f in ds.files(split)]  # partitions' shards
+        assert m["splits"][split]["file_examples"] == per_file and sum(per_file) == m["splits"][split]["examples"]
 
 
 def test_interrupted_conversion_resumes_to_the_uninterrupted_output(tmp_path, monkeypatch):

@@ -74,6 +74,12 @@ class Dataset:
     def examples(self, split: str) -> int:
         return int(self.manifest["splits"][split]["examples"])
 
+    def file_examples(self, split: str):
+        """Examples per file of `split`, in the order of `files(split)`, or None (manifests written before they were
+        recorded)."""
+        counts = self.manifest["splits"][split].get("file_examples")
+        return None if counts is None else [int(n) for n in counts]
+
     def tf_dataset(self, split: str, batch_size: int, *, shuffle: bool = False, seed: Optional[int] = None,
                    repeat: bool = False, drop_remainder: bool = False, with_label: bool = True, files=None,
                    shard: Optional[Tuple[int, int]] = None):
@@ -82,5 +88,6 @@ class Dataset:
         return make_dataset(files if files is not None else self.files(split), self.schema, batch_size,
                             compression=self.compression, shuffle=shuffle, seed=seed, repeat=repeat,
                             drop_remainder=drop_remainder, with_label=with_label,
-                            num_examples=self.examples(split) if files is None else None,
+                            num_examples=(self.file_examples(split) or self.examples(split)) if files is None
+                            else None,
                             num_shards=num_shards, shard_index=shard_index)

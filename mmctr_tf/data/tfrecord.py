@@ -289,6 +289,7 @@ class ShardedWriter:
         self._pending: collections.deque = collections.deque()
         self._next = 0
         self.count = 0
+        self.file_counts = [0] * num_shards  # records per shard file
         self.positives = 0
         self.oov: Dict[str, int] = {}
         self.max_id: Dict[str, int] = {}
@@ -306,6 +307,7 @@ class ShardedWriter:
         parts = [None] * k
         for g, bufs in enumerate(block.groups):
             parts[(self._next + g) % k] = bufs
+            self.file_counts[(self._next + g) % k] += len(range(g, block.count, k))
         self._submit(parts)
         self._next = (self._next + block.count) % k
         self.count += block.count
@@ -369,8 +371,10 @@ class ShardedWriter:
 
     def summary(self) -> dict:
         """The split's manifest entry; `max_id` (the largest id written per field) lets readers check that the
-        manifest's vocabulary covers the shards (`schema.check_max_ids`)."""
-        return {"files": [os.path.basename(p) for p in self.paths], "examples": self.count,
+        manifest's vocabulary covers the shards (`schema.check_max_ids`); `file_examples` (records per file, in the
+        order of `files`) lets each worker of a multi-worker job check the files it reads."""
+        return {"files": [os.path.basename(p) for p in self.paths], "file_examples": list(self.file_counts),
+                "examples": self.count,
                 "positives": self.positives, "oov": dict(self.oov), "max_id": dict(self.max_id)}
 
 
@@ -383,8 +387,9 @@ def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compr
 
     Yields `(features, label)` (or `features` if `with_label=False`), features being a dict of int64 tensors
     named as in the schema. With `seed` set the order is deterministic. `num_examples` (from the manifest: the
-    records in `files`) makes the number of batches known to Keras and is checked against the files at the end of
-    every pass over them (also under `repeat`, and for the part read when records are sharded).
+    records in `files`, or a list of the records of each file) makes the number of batches known to Keras and is
+    checked against the files at the end of every pass over them, also under `repeat`, and for the part read when
+    the data is sharded (when whole files are dealt to the parts, only with the count of each file).
 
     `num_shards` > 1 reads only part `shard_index` of the data (one input pipeline of a multi-worker job): every
     `num_shards`-th file when there are at least as many files as shards, otherwise every `num_shards`-th record
@@ -400,9 +405,17 @@ def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compr
             raise SchemaError(f"{f}: TFRecord shard does not exist")
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"reader: shard_index {shard_index} is not in [0, num_shards={num_shards})")
+    per_file = None if num_examples is None or np.ndim(num_examples) == 0 else [int(n) for n in num_examples]
+    if per_file is not None and len(per_file) != len(files):
+        raise SchemaError(f"reader: {len(per_file)} example counts for {len(files)} files")
     shard_records = num_shards > 1 and len(files) < num_shards
+    expected = None
     if num_shards > 1 and not shard_records:
         files = files[shard_index::num_shards]
+        if per_file is not None:
+            expected = sum(per_file[shard_index::num_shards])
+    elif num_examples is not None:
+        expected = len(range(shard_index, sum(per_file) if per_file is not None else int(num_examples), num_shards))
     deterministic = seed is not None or not shuffle
     spec = schema.feature_spec(with_label=with_label)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -416,10 +429,9 @@ def make_dataset(files: Sequence[str], schema: Schema, batch_size: int, *, compr
     )
     if shard_records:
         ds = ds.shard(num_shards, shard_index)
-    if num_examples is not None and (num_shards == 1 or shard_records):
+    if expected is not None:
         # every pass over the files, repeated ones included, must read the manifest's count: TF's reader drops a
         # truncated last record (and a GZIP file cut between two records) without an error
-        expected = len(range(shard_index, num_examples, num_shards))
         ds = ds.apply(tf.data.experimental.assert_cardinality(expected))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
