@@ -27,6 +27,7 @@ import tensorflow as tf
 from mmctr_tf.data.datasets import Dataset
 from mmctr_tf.data.schema import Schema, SchemaError
 from mmctr_tf.data.tfrecord import ShardedWriter, find_bad_shard, make_dataset
+from mmctr_tf.evaluation.evaluate import training_clicks
 from mmctr_tf.export import saved_model as sm
 from mmctr_tf.models import build_model
 
@@ -377,7 +378,7 @@ def test_a_shard_cut_between_records_fails_every_pipeline(small_dataset, tmp_pat
     an error from TF's reader: the repeated, shuffled training pipeline fails at the end of its first pass (it read
     fewer examples than the manifest says), so does the worker's part of a multi-worker read that holds the shard
     (records or whole files dealt to the workers), and find_bad_shard names the shard. Intact, each part reads
-    exactly its share."""
+    exactly its share. The training clicks of the cold-start buckets are refused too."""
     root = str(tmp_path / "copy")
     shutil.copytree(small_dataset, root)
     data = Dataset(root)
@@ -403,6 +404,8 @@ def test_a_shard_cut_between_records_fails_every_pipeline(small_dataset, tmp_pat
                 pass
     msg = find_bad_shard(data.files("train"), data.schema, data.compression)
     assert msg is not None and msg.startswith(shard + ": truncated: "), msg
+    with pytest.raises(SchemaError, match=re.escape(f"cold-start buckets, is unreadable: {msg}")):
+        training_clicks(data)  # (run.evaluate's cold-start buckets count the training clicks)
 
 
 # ------------------------------------------------------------------------------------------- hostile use (issue #15)

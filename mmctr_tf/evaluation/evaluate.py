@@ -30,20 +30,30 @@ def inference_function(model, spec):
 
 def training_clicks(data) -> np.ndarray:
     """int64 [item vocabulary]: clicks of each item id among the training examples' positive labels (the
-    cold-start measure of `metrics.click_buckets`). Reads only `item_id` and `label` of the training split; cached
-    per process for unchanged training files."""
+    cold-start measure of `metrics.click_buckets`). Reads only `item_id` and `label` of the training split (all of
+    it: fewer examples than the manifest's, e.g. a truncated shard, is a `SchemaError` naming the shard); cached per
+    process for unchanged training files."""
+    from mmctr_tf.data.schema import SchemaError
+    from mmctr_tf.data.tfrecord import find_bad_shard, tf_error_text
+
     files = data.files("train")
     key = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
     if key not in _CLICKS_CACHE:
         spec = data.schema.feature_spec(with_label=True)
         spec = {k: spec[k] for k in ("item_id", "label")}
         ds = tf.data.TFRecordDataset(files, compression_type=data.compression or "")
+        ds = ds.apply(tf.data.experimental.assert_cardinality(data.examples("train")))
         ds = ds.batch(65536).map(lambda s: tf.io.parse_example(s, spec)).prefetch(2)
         vocab = data.schema.vocab_of("item_id")
         counts = np.zeros(vocab, np.int64)
-        for batch in ds:
-            items = batch["item_id"].numpy()[batch["label"].numpy() > 0.5]
-            counts += np.bincount(np.clip(items, 0, vocab - 1), minlength=vocab)
+        try:
+            for batch in ds:
+                items = batch["item_id"].numpy()[batch["label"].numpy() > 0.5]
+                counts += np.bincount(np.clip(items, 0, vocab - 1), minlength=vocab)
+        except tf.errors.OpError as e:
+            why = find_bad_shard(files, data.schema, data.compression) or f"{data.path}: {tf_error_text(e)}"
+            raise SchemaError(f"the training split, whose clicks give the cold-start buckets, is unreadable: "
+                              f"{why}") from None
         _CLICKS_CACHE[key] = counts
     return _CLICKS_CACHE[key]
 
