@@ -290,8 +290,7 @@ class ShardedWriter:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"tfrecord-{split}")
         self._pending: collections.deque = collections.deque()
         self._next = 0
-        self.count = 0
-        self.file_counts = [0] * num_shards  # records per shard file
+        self.file_counts = [0] * num_shards  # records written to each shard file
         self.positives = 0
         self.oov: Dict[str, int] = {}
         self.max_id: Dict[str, int] = {}
@@ -312,7 +311,6 @@ class ShardedWriter:
             self.file_counts[(self._next + g) % k] += len(range(g, block.count, k))
         self._submit(parts)
         self._next = (self._next + block.count) % k
-        self.count += block.count
         self.positives += block.positives
         for name, nbad in block.oov.items():
             self.oov[name] = self.oov.get(name, 0) + nbad
@@ -361,6 +359,11 @@ class ShardedWriter:
             if os.path.exists(p + ".tmp"):
                 os.remove(p + ".tmp")
         self._closed = True
+
+    @property
+    def count(self) -> int:
+        """Records written so far."""
+        return sum(self.file_counts)
 
     def __enter__(self):
         return self
