@@ -198,19 +198,6 @@ def test_layer_config_round_trip(layer):
     assert type(restored) is type(layer) and restored.get_config() == layer.get_config()
 
 
-@pytest.mark.slow
-def test_model_config_round_trip(data):
-    schema, splits, tables = data
-    model = build(schema, tables, backbone="bst", tokens_per_vector=4, diffusion_schedule="cosine", w1=0.1,
-                  use_fdaf=False, modalities=["image"])
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    assert type(restored) is DiffMSIN and restored.get_config() == model.get_config()
-    restored(dummy_batch(schema))
-    restored.set_weights(model.get_weights())
-    x = inputs_of(schema, splits["test"], 16)
-    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-
-
 # ------------------------------------------------------------------------------------------- BST backbone
 def test_bst_padding_is_ignored_and_empty_history_is_finite():
     bst = BSTBackbone(seq_len=5, num_heads=2, num_blocks=2)

@@ -546,7 +546,7 @@ def test_dmae_interest_matches_the_padded_numpy_reference(data, monkeypatch, kw,
 
 
 @pytest.mark.slow
-def test_dmae_shapes_distributions_and_config_round_trip(data):
+def test_dmae_shapes_and_distributions(data):
     schema, splits, tables, x, y = data
     model = _dmae(schema, tables, l=4, n=5)
     batch = _batch(x, 8)
@@ -568,13 +568,6 @@ def test_dmae_shapes_distributions_and_config_round_trip(data):
                                    rtol=1e-5, atol=1e-7)
         sums = tf.reduce_sum(P, axis=[1, 2]).numpy()
         assert np.all(np.isclose(sums, 1.0, atol=1e-5) | (hl == 0))
-    # keras serialisation round trip of the model
-    cfg = model.get_config()
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    assert isinstance(clone, DMAE) and clone.get_config() == cfg
-    clone(dummy_batch(clone.schema))
-    clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(clone(batch).numpy(), p, rtol=1e-5, atol=1e-6)
     # ablations: w/o IDDU has no decoder; w/o MIEU-t gives l = 1
     assert _dmae(schema, tables, lambda_dec=0.0).decoder is None
     flat = _dmae(schema, tables, use_time_axis=False, l=4, n=5)
