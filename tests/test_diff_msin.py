@@ -285,7 +285,7 @@ def test_removing_modalities_builds_and_trains(data, modalities):
 
 @pytest.mark.slow
 def test_jit_compile_fit(data):
-    """Default (per-position SRC) model's training step under XLA (what `--jit_compile` compiles); the batches contain
+    """The (small) model's training step under XLA (what `--jit_compile` compiles); the batches contain
     empty histories, where E_syn starts at exactly 0 (a sqrt(0) in a cosine gave NaN gradients under XLA before
     `cosine` was made gradient-safe). The trained model then scores finitely (inference is not compiled with XLA
     anywhere in the project: the trainer's evaluation and the SavedModel run plain graphs)."""
@@ -297,7 +297,6 @@ def test_jit_compile_fit(data):
     assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
     p = model(inputs_of(schema, splits["test"], 16), training=False).numpy()
     assert p.shape == (16,) and np.all(np.isfinite(p))
-
 
 
 # ------------------------------------------------------------------------------------------- maths against numpy
