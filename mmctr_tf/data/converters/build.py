@@ -325,14 +325,13 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
                     "protocol": {**dataclasses.asdict(cfg), "description": cfg.describe()}}
         total_examples = total_pos = 0
         for s in SPLITS:
-            entry = {"files": [], "file_examples": [], "examples": 0, "positives": 0, "oov": {}, "max_id": {},
-                     "users": 0}
-            for p in range(P):
-                e = summaries[p]["splits"][s]
-                entry["files"] += e["files"]
-                # (None: a partition finished by a version that did not count examples per file, then resumed)
-                entry["file_examples"] = (entry["file_examples"] + e["file_examples"]
-                                          if entry["file_examples"] is not None and "file_examples" in e else None)
+            parts = [summaries[p]["splits"][s] for p in range(P)]
+            entry = {"files": [f for e in parts for f in e["files"]], "examples": 0, "positives": 0, "oov": {},
+                     "max_id": {}, "users": 0}
+            # (absent when a partition finished by a version that did not count examples per file was resumed)
+            if all("file_examples" in e for e in parts):
+                entry["file_examples"] = [n for e in parts for n in e["file_examples"]]
+            for e in parts:
                 entry["examples"] += e["examples"]
                 entry["positives"] += e["positives"]
                 entry["users"] += e["users"]
@@ -340,8 +339,6 @@ def build_dataset(out_dir: str, *, name: str, source: str, events: EventLog, inf
                     entry["oov"][k] = entry["oov"].get(k, 0) + v
                 for k, v in e.get("max_id", {}).items():
                     entry["max_id"][k] = max(entry["max_id"].get(k, 0), v)
-            if entry["file_examples"] is None:
-                del entry["file_examples"]
             n = entry["examples"]
             entry["positive_rate"] = float(entry["positives"] / n) if n else 0.0
             manifest["splits"][s] = entry
